@@ -1,0 +1,98 @@
+"""The payload shape the runner sends and the ingest app accepts: one home for both sides.
+
+Field names, their order, the closed vocabularies and the size limits of the
+contract live here. The ingest app's marshmallow schemas and the runner's
+records are both checked against these tuples by the test suite, so neither
+side can add, drop or rename a field without the other noticing.
+"""
+
+from __future__ import annotations
+
+# Bump when the definition of any measured field changes (CONTRACT section 3).
+METRIC_VERSION = 1
+
+PROVIDERS = ("bedrock",)
+
+DEFAULT_PROFILE_ID = "cloud-default-v1"
+DEFAULT_MAX_TOKENS = 64
+DEFAULT_TEMPERATURE = 0.1
+DEFAULT_PROMPT = (
+    "Write a short paragraph about the history of the bicycle, in plain English."
+)
+
+MAX_BATCH_ITEMS = 500
+MAX_BODY_BYTES = 1024 * 1024
+MAX_MISC_BYTES = 16 * 1024
+MAX_MESSAGE_CHARS = 4000
+MAX_FUTURE_SECONDS = 600
+
+TOKEN_SOURCES = ("provider_usage", "stream_chunks")
+STAGES = ("setup", "call", "stream", "validate", "deliver")
+ERROR_KINDS = (
+    "throttled",
+    "auth",
+    "model_unavailable",
+    "invalid_request",
+    "transient",
+    "timeout",
+    "budget_exhausted",
+    "unknown",
+)
+
+RESULT_REQUIRED = (
+    "result_id",
+    "provider",
+    "model_name",
+    "run_ts",
+    "output_tokens",
+    "generate_time",
+    "tokens_per_second",
+)
+RESULT_OPTIONAL = (
+    "region",
+    "gen_ts",
+    "benchmark_profile_id",
+    "requested_tokens",
+    "temperature",
+    "input_tokens",
+    "token_source",
+    "time_to_first_token",
+    "time_to_first_any_token",
+    "decode_tokens_per_second",
+    "server_latency_ms",
+    "stop_reason",
+    "request_id",
+    "attempts",
+    "chunk_count",
+    "reasoning_tokens",
+    "metric_version",
+    "runner_version",
+    "misc",
+)
+RESULT_FIELDS = RESULT_REQUIRED + RESULT_OPTIONAL
+
+ERROR_REQUIRED = (
+    "error_id",
+    "provider",
+    "model_name",
+    "ts",
+    "stage",
+    "error_kind",
+    "message",
+)
+ERROR_OPTIONAL = (
+    "region",
+    "benchmark_profile_id",
+    "exc_type",
+    "provider_error_code",
+    "http_status",
+    "request_id",
+    "attempts",
+    "runner_version",
+    "misc",
+)
+ERROR_FIELDS = ERROR_REQUIRED + ERROR_OPTIONAL
+
+# Fields the server adds; a client that sends them gets a 422.
+SERVER_RESULT_FIELDS = ("received_at", "runner_id")
+SERVER_ERROR_FIELDS = ("received_at", "runner_id", "fingerprint")
