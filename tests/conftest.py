@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.mongo import MongoServer
 
-pytest_plugins: list[str] = []
+pytest_plugins = ["tests.support.ingest", "tests.support.simulator", "tests.support.runner"]
 
 
 @pytest.fixture(autouse=True)

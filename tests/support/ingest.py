@@ -1,0 +1,1 @@
+"""Test fixtures for the ingest side (registered in tests/conftest.py)."""

@@ -1,0 +1,1 @@
+"""Test fixtures for the runner side (registered in tests/conftest.py)."""

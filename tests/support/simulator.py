@@ -1,0 +1,1 @@
+"""Test fixtures for the simulator side (registered in tests/conftest.py)."""
