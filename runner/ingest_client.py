@@ -1,0 +1,196 @@
+"""The ingest API's client: one requests.Session with urllib3 retries and explicit timeouts.
+
+Every answer comes back as an Answer (status, parsed body, Retry-After); what to
+do with it is the outbox's decision. POSTs may be retried inside a call because
+every payload carries its own id: a resend is stored once (200 duplicate).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError
+from urllib3.util.retry import Retry
+
+import bench_contract as contract
+
+from . import __version__
+from .outbox import encode
+from .records import Result
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Statuses worth a quick retry inside one call: gateways and an overloaded or
+# database-less API. 500 is a bug on the server: the outbox retries it a few times
+# across drains, then dead-letters it.
+INLINE_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Answers that never change on a resend (CONTRACT section 2).
+PERMANENT_STATUSES = frozenset({400, 401, 409, 413, 415, 422})
+
+
+class BodyTooLarge(ValueError):
+    """A body the contract's limit forbids sending."""
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class _BoundedRetry(Retry):
+    """urllib3 Retry that sleeps for a short Retry-After but hands a long one back.
+
+    A Retry-After longer than the cap returns the answer at once, so the outbox can
+    schedule the next attempt and the run goes on instead of sleeping in a call.
+    """
+
+    max_inline_retry_after = 10.0
+
+    def new(self, **kw: Any) -> _BoundedRetry:
+        new = super().new(**kw)
+        new.max_inline_retry_after = self.max_inline_retry_after
+        return new
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None,
+                  _stacktrace=None):
+        if response is not None:
+            wait = self.get_retry_after(response)
+            if wait is not None and wait > self.max_inline_retry_after:
+                raise MaxRetryError(_pool, url, None)
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the ingest API said, or why it said nothing (status None)."""
+
+    status: int | None
+    body: Any = None
+    retry_after: float | None = None
+    error: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        """Stored now or stored before (201, or 200 duplicate)."""
+        return self.status is not None and 200 <= self.status < 300
+
+    def describe(self) -> str:
+        """A short phrase for a log line or an outbox record."""
+        if self.status is None:
+            return f"no answer: {self.error}"
+        message = ""
+        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
+            message = str(self.body["error"].get("message", ""))
+        return f"HTTP {self.status}" + (f": {message}" if message else "")
+
+
+class IngestClient:
+    """Posts results and failures to the ingest API."""
+
+    def __init__(self, settings: Settings, session: requests.Session | None = None) -> None:
+        self.settings = settings
+        self.session = session or requests.Session()
+        retry = _BoundedRetry(
+            total=settings.http_retries,
+            connect=settings.http_retries,
+            read=0,  # a read timeout after sending may mean stored: let the outbox resend later
+            status=settings.http_retries,
+            other=0,
+            allowed_methods=frozenset({"POST"}),
+            status_forcelist=INLINE_RETRY_STATUSES,
+            backoff_factor=0.5,
+            backoff_jitter=0.5,
+            backoff_max=8.0,
+            respect_retry_after_header=True,
+            raise_on_status=False,
+        )
+        retry.max_inline_retry_after = settings.max_inline_retry_after
+        adapter = HTTPAdapter(max_retries=retry)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update({
+            "X-API-Key": settings.api_key,
+            "Content-Type": "application/json",
+            "User-Agent": f"bench-runner/{__version__}",
+        })
+
+    def post(self, url: str, payload: Any) -> Answer:
+        """POST one JSON body; never raises for the network or the answer."""
+        body = encode(payload)
+        if len(body) > contract.MAX_BODY_BYTES:
+            raise BodyTooLarge(
+                f"body of {len(body)} bytes is over the contract's {contract.MAX_BODY_BYTES}")
+        try:
+            response = self.session.post(url, data=body, timeout=self.settings.http_timeout)
+        except requests.RequestException as exc:
+            log.warning("ingest unreachable url=%s error=%s", url, type(exc).__name__)
+            return Answer(status=None, error=f"{type(exc).__name__}: {_first_line(exc)}")
+        try:
+            parsed: Any = response.json()
+        except ValueError:
+            parsed = response.text[:2000]
+        answer = Answer(status=response.status_code, body=parsed,
+                        retry_after=parse_retry_after(response.headers.get("Retry-After")))
+        response.close()
+        log.info("ingest answer url=%s status=%s bytes=%d", url, answer.status, len(body))
+        return answer
+
+    def post_result(self, payload: dict[str, Any]) -> Answer:
+        """POST one result to /ingest."""
+        return self.post(self.settings.ingest_url, payload)
+
+    def post_batch(self, payloads: list[dict[str, Any]]) -> Answer:
+        """POST results to /ingest/batch (at most the contract's batch size)."""
+        return self.post(self.settings.batch_url, {"results": payloads})
+
+    def post_error(self, payload: dict[str, Any]) -> Answer:
+        """POST one failure to /ingest/error."""
+        return self.post(self.settings.error_url, payload)
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.session.close()
+
+    def __enter__(self) -> IngestClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0][:300]
+
+
+def log_http(config: Settings, metrics: Result | dict[str, Any]) -> bool:
+    """Post one result straight to /ingest: True when it is stored (now or before)."""
+    payload = metrics.to_payload() if isinstance(metrics, Result) else metrics
+    with IngestClient(config) as client:
+        try:
+            answer = client.post_result(payload)
+        except (BodyTooLarge, ValueError) as exc:
+            log.error("result not sent: %s", exc)
+            return False
+    if not answer.delivered:
+        log.warning("result not stored: %s", answer.describe())
+    return answer.delivered

@@ -1,0 +1,585 @@
+"""The durable outbox: every result and failure is on disk before anyone tries to send it.
+
+Layout under the state dir (RELIABILITY.md):
+
+    outbox/tmp/       files being written (cleaned at start: a crash leaves them half done)
+    outbox/pending/   one JSON file per record, named so that name order is age order
+    outbox/dead/      records the API refused for good or files that cannot be read,
+                      each with a `<name>.reason.json` sidecar holding status and body
+    outbox/lock       held (flock) by whoever drains
+
+A record file holds kind, id, payload, attempts, next_attempt_at, the Retry-After
+deadline and the last answer. A file reaches pending/ only by rename after fsync,
+so pending/ never holds a partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bench_contract as contract
+
+from .records import Failure, Result
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+KINDS = {"result": "result_id", "error": "error_id"}
+PERMANENT_STATUSES = frozenset({400, 401, 409, 413, 415, 422})
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+REASON_SUFFIX = ".reason.json"
+# Batch envelope overhead: {"results":[ ... ]} plus one comma per item.
+_ENVELOPE_BYTES = 16
+
+
+class OutboxFull(Exception):
+    """The outbox cannot take more records: over its bound, or the disk is full."""
+
+
+class OutboxBusy(Exception):
+    """Another process is draining this outbox right now."""
+
+
+def encode(payload: Any) -> bytes:
+    """The exact bytes sent for a payload: compact UTF-8 JSON, NaN and Infinity refused."""
+    return json.dumps(payload, allow_nan=False, ensure_ascii=False,
+                      separators=(",", ":")).encode("utf-8")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte to fd: the one seam where the disk can say it is full."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Entry:
+    """One record file in pending/."""
+
+    name: str
+    kind: str
+    record_id: str
+    payload: dict[str, Any]
+    attempts: int = 0
+    created_at: float = 0.0
+    next_attempt_at: float = 0.0
+    retry_after_until: float = 0.0
+    last_status: int | None = None
+    last_error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's content."""
+        return {"version": FORMAT_VERSION, "kind": self.kind, "id": self.record_id,
+                "payload": self.payload, "attempts": self.attempts,
+                "created_at": self.created_at, "next_attempt_at": self.next_attempt_at,
+                "retry_after_until": self.retry_after_until,
+                "last_status": self.last_status, "last_error": self.last_error}
+
+    @classmethod
+    def from_json(cls, name: str, doc: Any) -> Entry:
+        """Parse a record file; ValueError says what is wrong with it."""
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        kind = doc.get("kind")
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}")
+        payload = doc.get("payload")
+        if not isinstance(payload, dict):
+            raise ValueError("payload is not an object")
+        record_id = doc.get("id")
+        if not isinstance(record_id, str) or payload.get(KINDS[kind]) != record_id:
+            raise ValueError(f"id does not match the payload's {KINDS[kind]}")
+        numbers = {}
+        for key in ("attempts", "created_at", "next_attempt_at", "retry_after_until"):
+            value = doc.get(key, 0)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ValueError(f"{key} is not a number")
+            numbers[key] = value
+        status = doc.get("last_status")
+        return cls(name=name, kind=kind, record_id=record_id, payload=payload,
+                   attempts=int(numbers["attempts"]), created_at=float(numbers["created_at"]),
+                   next_attempt_at=float(numbers["next_attempt_at"]),
+                   retry_after_until=float(numbers["retry_after_until"]),
+                   last_status=status if isinstance(status, int) else None,
+                   last_error=doc.get("last_error") if isinstance(doc.get("last_error"), str)
+                   else None)
+
+
+@dataclass
+class DrainReport:
+    """What one drain did."""
+
+    delivered: int = 0
+    duplicates: int = 0
+    dead: int = 0
+    retry_later: int = 0
+    not_due: int = 0
+    pending_left: int = 0
+    auth_refused: bool = False
+    busy: bool = False
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, other: DrainReport) -> None:
+        """Fold another drain into this one (pending_left is the latest)."""
+        self.delivered += other.delivered
+        self.duplicates += other.duplicates
+        self.dead += other.dead
+        self.retry_later += other.retry_later
+        self.not_due = other.not_due
+        self.pending_left = other.pending_left
+        self.auth_refused = self.auth_refused or other.auth_refused
+        self.busy = self.busy or other.busy
+        self.problems.extend(other.problems)
+
+
+@dataclass(frozen=True)
+class DeadItem:
+    """A record in dead/ and why it is there."""
+
+    name: str
+    kind: str | None
+    record_id: str | None
+    status: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Status:
+    """Counts and ages for `bench-runner outbox status`."""
+
+    pending: int
+    dead: int
+    partial: int
+    oldest_age: float | None
+    next_attempt_in: float | None
+    dead_items: tuple[DeadItem, ...]
+
+
+class Outbox:
+    """A directory of records waiting for delivery."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        max_pending: int = 10_000,
+        retry_base: float = 30.0,
+        retry_cap: float = 3600.0,
+        max_server_errors: int = 3,
+        lock_timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.root = Path(state_dir) / "outbox"
+        self.tmp = self.root / "tmp"
+        self.pending = self.root / "pending"
+        self.dead = self.root / "dead"
+        self.max_pending = max_pending
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+        self.max_server_errors = max_server_errors
+        self.lock_timeout = lock_timeout
+        self.clock = clock
+        self.jitter = jitter
+        for directory in (self.tmp, self.pending, self.dead):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Outbox:
+        """The outbox under settings.state_dir with its bound and backoff."""
+        return cls(settings.state_dir, max_pending=settings.max_pending,
+                   retry_base=settings.retry_base, retry_cap=settings.retry_cap,
+                   max_server_errors=settings.max_server_errors)
+
+    # -- writing ----------------------------------------------------------------
+
+    def put(self, record: Result | Failure) -> Path:
+        """Write one record durably into pending/ (or dead/ if it can never be sent).
+
+        Raises OutboxFull when the disk is full; the caller still holds the record.
+        """
+        payload = record.to_payload()
+        entry = Entry(name=self._new_name(record.kind, record.record_id), kind=record.kind,
+                      record_id=record.record_id, payload=payload, created_at=self.clock(),
+                      next_attempt_at=self.clock())
+        try:
+            size = len(encode(payload))
+        except ValueError as exc:
+            return self._bury_new(entry, None, f"not valid JSON, never sent: {exc}")
+        if size > contract.MAX_BODY_BYTES:
+            return self._bury_new(entry, None, f"refused to send: body of {size} bytes is over "
+                                               f"the contract's {contract.MAX_BODY_BYTES}")
+        target = self.pending / entry.name
+        self._write_durably(target, encode(entry.to_json()))
+        log.info("outbox queued kind=%s id=%s", entry.kind, entry.record_id)
+        return target
+
+    def _new_name(self, kind: str, record_id: str) -> str:
+        # Nanoseconds first so that name order is age order; the id keeps names unique.
+        return f"{time.time_ns():020d}-{kind}-{record_id}.json"
+
+    def _write_durably(self, target: Path, data: bytes) -> None:
+        """tmp -> fsync -> rename -> fsync dir; OutboxFull when the disk is full."""
+        tmp = self.tmp / f"{os.getpid()}-{uuid.uuid4().hex}.json"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise OutboxFull(f"the disk holding {self.root} is full") from exc
+            raise
+
+    def _bury_new(self, entry: Entry, status: int | None, reason: str) -> Path:
+        target = self.dead / entry.name
+        doc = entry.to_json()
+        self._write_durably(target, json.dumps(doc, allow_nan=True).encode("utf-8"))
+        self._write_reason(entry.name, status, None, reason, entry.attempts)
+        log.error("outbox dead-lettered kind=%s id=%s reason=%s", entry.kind, entry.record_id,
+                  reason)
+        return target
+
+    def _write_reason(self, name: str, status: int | None, body: Any, reason: str,
+                      attempts: int) -> None:
+        doc = {"status": status, "reason": reason, "body": body, "attempts": attempts,
+               "dead_at": self.clock()}
+        try:
+            self._write_durably(self.dead / (name + REASON_SUFFIX),
+                                json.dumps(doc, default=str).encode("utf-8"))
+        except OutboxFull:
+            log.error("outbox reason not written (disk full) name=%s reason=%s", name, reason)
+
+    # -- counting ---------------------------------------------------------------
+
+    def _names(self, directory: Path) -> list[str]:
+        return sorted(e.name for e in os.scandir(directory)
+                      if e.is_file() and e.name.endswith(".json")
+                      and not e.name.endswith(REASON_SUFFIX))
+
+    def pending_count(self) -> int:
+        """How many records wait in pending/."""
+        return len(self._names(self.pending))
+
+    def check_room(self, incoming: int) -> None:
+        """Raise OutboxFull unless `incoming` more records fit under the bound."""
+        pending = self.pending_count()
+        if pending + incoming > self.max_pending:
+            raise OutboxFull(
+                f"{pending} records wait in {self.pending} and {incoming} more would pass the "
+                f"bound of {self.max_pending}; deliver them (bench-runner outbox flush) first")
+
+    def clean_tmp(self) -> int:
+        """Remove files a crashed writer left in tmp/; returns how many."""
+        removed = 0
+        for entry in os.scandir(self.tmp):
+            pid_text = entry.name.split("-", 1)[0]
+            pid = int(pid_text) if pid_text.isdigit() else -1
+            # A live writer (this process or another run) may still be about to rename it.
+            if pid > 0 and _pid_alive(pid):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed += 1
+        if removed:
+            log.warning("outbox removed %d partial file(s) from %s", removed, self.tmp)
+        return removed
+
+    def status(self) -> Status:
+        """Counts, the oldest pending record's age and the dead records with reasons."""
+        now = self.clock()
+        pending = self._names(self.pending)
+        oldest_age = None
+        next_in = None
+        if pending:
+            first = pending[0].split("-", 1)[0]
+            if first.isdigit():
+                oldest_age = max(0.0, now - int(first) / 1e9)
+            for name in pending:
+                entry = self._read(self.pending / name)
+                if isinstance(entry, Entry):
+                    wait = entry.next_attempt_at - now
+                    next_in = wait if next_in is None else min(next_in, wait)
+        dead_items = tuple(self._dead_item(name) for name in self._names(self.dead))
+        partial = sum(1 for _ in os.scandir(self.tmp))
+        return Status(pending=len(pending), dead=len(dead_items), partial=partial,
+                      oldest_age=oldest_age,
+                      next_attempt_in=None if next_in is None else max(0.0, next_in),
+                      dead_items=dead_items)
+
+    def _dead_item(self, name: str) -> DeadItem:
+        reason, status = "no reason recorded", None
+        with contextlib.suppress(OSError, ValueError):
+            doc = json.loads((self.dead / (name + REASON_SUFFIX)).read_text("utf-8"))
+            reason = str(doc.get("reason") or reason)
+            status = doc.get("status") if isinstance(doc.get("status"), int) else None
+        parts = name[: -len(".json")].split("-", 2)
+        kind, record_id = (parts[1], parts[2]) if len(parts) == 3 else (None, None)
+        return DeadItem(name=name, kind=kind, record_id=record_id, status=status, reason=reason)
+
+    def requeue_dead(self) -> int:
+        """Move every readable dead record back to pending/ (after fixing what refused it)."""
+        moved = 0
+        with self._lock():
+            for name in self._names(self.dead):
+                entry = self._read(self.dead / name)
+                if not isinstance(entry, Entry):
+                    continue
+                entry.attempts, entry.next_attempt_at, entry.retry_after_until = 0, 0.0, 0.0
+                self._write_durably(self.pending / name, encode(entry.to_json()))
+                (self.dead / name).unlink()
+                with contextlib.suppress(FileNotFoundError):
+                    (self.dead / (name + REASON_SUFFIX)).unlink()
+                moved += 1
+        return moved
+
+    # -- draining ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + self.lock_timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise OutboxBusy(f"another process is draining {self.root}") from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def _read(self, path: Path) -> Entry | str:
+        """The entry in a file, or a sentence saying why it cannot be read."""
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return "vanished"
+        try:
+            return Entry.from_json(path.name, json.loads(raw.decode("utf-8")))
+        except (UnicodeDecodeError, ValueError) as exc:
+            return f"corrupt outbox file: {exc}"
+
+    def drain(self, client: Any, *, ignore_backoff: bool = False) -> DrainReport:
+        """Send what is due, oldest first, until done or the API asks us to wait.
+
+        Results go in batches through /ingest/batch; failures one by one through
+        /ingest/error (the contract has no batch route for them). `ignore_backoff`
+        sends records whose backoff has not run out, but never before a Retry-After.
+        """
+        report = DrainReport()
+        try:
+            with self._lock():
+                self.clean_tmp()
+                self._drain_locked(client, report, ignore_backoff)
+        except OutboxBusy as exc:
+            report.busy = True
+            report.problems.append(str(exc))
+        report.pending_left = self.pending_count()
+        return report
+
+    def _drain_locked(self, client: Any, report: DrainReport, ignore_backoff: bool) -> None:
+        now = self.clock()
+        results: list[Entry] = []
+        errors: list[Entry] = []
+        for name in self._names(self.pending):
+            entry = self._read(self.pending / name)
+            if entry == "vanished":
+                continue
+            if isinstance(entry, str):
+                self._bury_file(name, entry)
+                report.dead += 1
+                continue
+            due_at = entry.retry_after_until if ignore_backoff else max(
+                entry.next_attempt_at, entry.retry_after_until)
+            if due_at > now:
+                report.not_due += 1
+                continue
+            (results if entry.kind == "result" else errors).append(entry)
+
+        for batch in self._batches(results):
+            if not self._send_batch(client, batch, report):
+                return
+        for entry in errors:
+            if not self._send_one(client, entry, report):
+                return
+
+    def _batches(self, entries: list[Entry]) -> Iterator[list[Entry]]:
+        batch: list[Entry] = []
+        size = _ENVELOPE_BYTES
+        for entry in entries:
+            item = len(encode(entry.payload)) + 1
+            if batch and (len(batch) >= contract.MAX_BATCH_ITEMS
+                          or size + item > contract.MAX_BODY_BYTES):
+                yield batch
+                batch, size = [], _ENVELOPE_BYTES
+            batch.append(entry)
+            size += item
+        if batch:
+            yield batch
+
+    def _post(self, client: Any, kind: str, payloads: Any) -> Any:
+        if kind == "batch":
+            return client.post_batch(payloads)
+        return client.post_error(payloads) if kind == "error" else client.post_result(payloads)
+
+    def _send_batch(self, client: Any, batch: list[Entry], report: DrainReport) -> bool:
+        """Send one batch; False means stop draining."""
+        if len(batch) == 1 and len(encode(batch[0].payload)) + _ENVELOPE_BYTES > \
+                contract.MAX_BODY_BYTES:
+            return self._send_one(client, batch[0], report)
+        answer = self._post(client, "batch", [e.payload for e in batch])
+        items = answer.body.get("results") if isinstance(answer.body, dict) else None
+        if answer.status == 200 and isinstance(items, list) and len(items) == len(batch):
+            for entry, item in zip(batch, items, strict=True):
+                self._judge_item(entry, item, report)
+            return True
+        if answer.status in PERMANENT_STATUSES and answer.status != 401 and len(batch) > 1:
+            # The envelope was refused whole (e.g. a smaller body limit on the server):
+            # send each record alone so each gets its own verdict.
+            log.warning("batch of %d refused (%s); sending one by one", len(batch),
+                        answer.describe())
+            return all(self._send_one(client, entry, report) for entry in batch)
+        return all(self._verdict(entry, answer, report) for entry in batch)
+
+    def _send_one(self, client: Any, entry: Entry, report: DrainReport) -> bool:
+        """Send one record alone; False means stop draining."""
+        try:
+            answer = self._post(client, entry.kind, entry.payload)
+        except ValueError as exc:  # over the limit or not valid JSON: never sendable
+            self._bury(entry, None, None, f"refused to send: {exc}")
+            report.dead += 1
+            return True
+        return self._verdict(entry, answer, report)
+
+    def _judge_item(self, entry: Entry, item: Any, report: DrainReport) -> None:
+        state = item.get("status") if isinstance(item, dict) else None
+        if state == "created":
+            self._delete(entry)
+            report.delivered += 1
+        elif state == "duplicate":
+            self._delete(entry)
+            report.duplicates += 1
+        elif state in ("rejected", "conflict"):
+            status = 409 if state == "conflict" else 422
+            self._bury(entry, status, item, f"batch item {state}")
+            report.dead += 1
+        else:
+            self._schedule(entry, None, f"unexpected batch item status {state!r}", None)
+            report.retry_later += 1
+
+    def _verdict(self, entry: Entry, answer: Any, report: DrainReport) -> bool:
+        """Act on one answer for one record; False means stop draining."""
+        if answer.delivered:
+            self._delete(entry)
+            if isinstance(answer.body, dict) and answer.body.get("duplicate"):
+                report.duplicates += 1
+            else:
+                report.delivered += 1
+            return True
+        status = answer.status
+        if status == 401:
+            self._bury(entry, status, answer.body,
+                       "the ingest API refused the key (check INGEST_API_KEY)")
+            report.dead += 1
+            if not report.auth_refused:
+                report.problems.append("the ingest API answered 401: check INGEST_API_KEY")
+            report.auth_refused = True
+            return False
+        if status in PERMANENT_STATUSES:
+            self._bury(entry, status, answer.body, f"permanent answer {answer.describe()}")
+            report.dead += 1
+            return True
+        entry.attempts += 1
+        if status == 500 and entry.attempts >= self.max_server_errors:
+            self._bury(entry, status, answer.body,
+                       f"HTTP 500 on {entry.attempts} attempts: {answer.describe()}")
+            report.dead += 1
+            return True
+        self._schedule(entry, status, answer.describe(), answer.retry_after, counted=True)
+        report.retry_later += 1
+        problem = f"ingest API not taking records ({answer.describe()}); they wait in pending/"
+        if problem not in report.problems:
+            report.problems.append(problem)
+        return False
+
+    def _schedule(self, entry: Entry, status: int | None, error: str,
+                  retry_after: float | None, *, counted: bool = False) -> None:
+        if not counted:
+            entry.attempts += 1
+        now = self.clock()
+        delay = min(self.retry_cap, self.retry_base * 2 ** max(0, entry.attempts - 1))
+        delay = delay / 2 + self.jitter() * delay / 2  # jitter so many runners do not stampede
+        entry.retry_after_until = now + retry_after if retry_after else 0.0
+        entry.next_attempt_at = max(now + delay, entry.retry_after_until)
+        entry.last_status, entry.last_error = status, error[:500]
+        try:
+            self._write_durably(self.pending / entry.name, encode(entry.to_json()))
+        except OutboxFull:
+            # The old file stays as it was: only the schedule is lost, never the record.
+            log.error("outbox schedule not saved (disk full) id=%s", entry.record_id)
+        log.info("outbox retry later id=%s attempts=%d in=%.1fs status=%s", entry.record_id,
+                 entry.attempts, entry.next_attempt_at - now, status)
+
+    def _delete(self, entry: Entry) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.pending / entry.name).unlink()
+        log.info("outbox delivered kind=%s id=%s", entry.kind, entry.record_id)
+
+    def _bury(self, entry: Entry, status: int | None, body: Any, reason: str) -> None:
+        self._write_reason(entry.name, status, body, reason, entry.attempts + 1)
+        os.replace(self.pending / entry.name, self.dead / entry.name)
+        _fsync_dir(self.dead)
+        log.error("outbox dead-lettered kind=%s id=%s status=%s reason=%s", entry.kind,
+                  entry.record_id, status, reason)
+
+    def _bury_file(self, name: str, reason: str) -> None:
+        self._write_reason(name, None, None, reason, 0)
+        os.replace(self.pending / name, self.dead / name)
+        _fsync_dir(self.dead)
+        log.error("outbox dead-lettered unreadable file name=%s reason=%s", name, reason)

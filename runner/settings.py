@@ -1,0 +1,162 @@
+"""The runner's configuration: command-line options and the environment, read once, checked once.
+
+Click reads each option's environment variable (the names below are their one
+home); the API key is read from the environment only, so it never shows in a
+process listing or a shell history.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bench_contract as contract
+
+from .records import Profile
+
+ENV_INGEST_URL = "INGEST_API_URL"
+ENV_API_KEY = "INGEST_API_KEY"
+ENV_MODELS = "BENCHMARK_MODELS"
+ENV_STATE_DIR = "BENCH_RUNNER_STATE_DIR"
+ENV_REGION = "AWS_REGION"
+ENV_PROVIDER = "BENCH_RUNNER_PROVIDER"
+ENV_CONCURRENCY = "BENCH_RUNNER_CONCURRENCY"
+ENV_MAX_PENDING = "BENCH_RUNNER_MAX_PENDING"
+ENV_LOG_LEVEL = "BENCH_RUNNER_LOG_LEVEL"
+# systemd sets this for a unit with StateDirectory=.
+ENV_SYSTEMD_STATE = "STATE_DIRECTORY"
+
+DEFAULT_PROVIDER = "bedrock"
+DEFAULT_CONCURRENCY = 1
+DEFAULT_MAX_PENDING = 10_000
+DEFAULT_CALL_TIMEOUT = 120.0
+DEFAULT_RETRIES = 2
+
+
+class ConfigError(Exception):
+    """The configuration cannot work; the message is one line naming every problem."""
+
+
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the outbox lives when BENCH_RUNNER_STATE_DIR is unset."""
+    env = os.environ if environ is None else environ
+    systemd = env.get(ENV_SYSTEMD_STATE, "")
+    if systemd:
+        # StateDirectory= may list several directories separated by colons; the first is ours.
+        return Path(systemd.split(":")[0])
+    import platformdirs  # only needed when nothing else names the directory
+
+    return Path(platformdirs.user_state_dir("bench-runner"))
+
+
+def parse_models(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Model ids from a comma-separated string (or several), blanks and repeats dropped."""
+    if value is None:
+        return ()
+    parts = [value] if isinstance(value, str) else list(value)
+    seen: dict[str, None] = {}
+    for part in parts:
+        for model in part.split(","):
+            model = model.strip()
+            if model:
+                seen.setdefault(model, None)
+    return tuple(seen)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one runner process needs; built once by the CLI, never changed."""
+
+    state_dir: Path
+    ingest_url: str = ""
+    api_key: str = field(default="", repr=False)
+    models: tuple[str, ...] = ()
+    provider: str = DEFAULT_PROVIDER
+    region: str | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
+    profile: Profile = field(default_factory=Profile)
+    max_pending: int = DEFAULT_MAX_PENDING
+    call_timeout: float = DEFAULT_CALL_TIMEOUT
+    retries: int = DEFAULT_RETRIES
+    # HTTP to the ingest API: (connect, read) seconds, and urllib3's in-call retries.
+    http_timeout: tuple[float, float] = (3.05, 30.0)
+    http_retries: int = 2
+    # urllib3 sleeps for a Retry-After up to this long inside a call; a longer one is
+    # left to the outbox, which waits across runs instead of blocking this one.
+    max_inline_retry_after: float = 10.0
+    # Outbox backoff between drains: first wait, cap (seconds), and 500s before dead/.
+    retry_base: float = 30.0
+    retry_cap: float = 3600.0
+    max_server_errors: int = 3
+
+    @property
+    def batch_url(self) -> str:
+        """POST target for results, derived from INGEST_API_URL as the contract says."""
+        return f"{self.ingest_url}/batch"
+
+    @property
+    def error_url(self) -> str:
+        """POST target for failures."""
+        return f"{self.ingest_url}/error"
+
+    def problems(self, *, need_models: bool, need_delivery: bool) -> list[str]:
+        """Every reason this configuration cannot run, as short phrases."""
+        out: list[str] = []
+        if need_models and not self.models:
+            out.append(f"no models (use --models or set {ENV_MODELS})")
+        if need_delivery:
+            if not self.ingest_url:
+                out.append(f"{ENV_INGEST_URL} is not set")
+            elif not self.ingest_url.startswith(("http://", "https://")):
+                out.append(f"{ENV_INGEST_URL} must start with http:// or https://")
+            if not self.api_key:
+                out.append(f"{ENV_API_KEY} is not set")
+            elif not self.api_key.isascii() or any(c.isspace() for c in self.api_key):
+                out.append(f"{ENV_API_KEY} must be printable ASCII without spaces")
+        if self.concurrency < 1:
+            out.append("--concurrency must be at least 1")
+        if self.max_pending < 1:
+            out.append(f"{ENV_MAX_PENDING} must be at least 1")
+        if self.profile.max_tokens < 1:
+            out.append("--max-tokens must be at least 1")
+        return out
+
+    def check(self, *, need_models: bool, need_delivery: bool) -> None:
+        """Raise ConfigError with one line naming every problem, or return."""
+        problems = self.problems(need_models=need_models, need_delivery=need_delivery)
+        if problems:
+            raise ConfigError("configuration: " + "; ".join(problems))
+
+
+def load(
+    *,
+    state_dir: str | Path | None = None,
+    ingest_url: str | None = None,
+    models: str | Iterable[str] | None = None,
+    provider: str = DEFAULT_PROVIDER,
+    region: str | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    prompt: str = contract.DEFAULT_PROMPT,
+    max_tokens: int = contract.DEFAULT_MAX_TOKENS,
+    temperature: float | None = contract.DEFAULT_TEMPERATURE,
+    profile_id: str = contract.DEFAULT_PROFILE_ID,
+    max_pending: int = DEFAULT_MAX_PENDING,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build Settings from option values (already env-resolved by click) and the environment."""
+    env = os.environ if environ is None else environ
+    resolved_dir = Path(state_dir).expanduser() if state_dir else default_state_dir(env)
+    return Settings(
+        state_dir=resolved_dir,
+        ingest_url=(ingest_url or "").strip().rstrip("/"),
+        api_key=env.get(ENV_API_KEY, "").strip(),
+        models=parse_models(models),
+        provider=provider,
+        region=region or None,
+        concurrency=concurrency,
+        profile=Profile(prompt=prompt, max_tokens=max_tokens, temperature=temperature,
+                        profile_id=profile_id),
+        max_pending=max_pending,
+    )
