@@ -1,1 +1,201 @@
-"""Test fixtures for the ingest side (registered in tests/conftest.py)."""
+"""Test fixtures for the ingest side (registered in tests/conftest.py).
+
+`app`/`client` run the Flask app in-process on the test's own database; `run_gunicorn`
+and `ingest_server` run the real thing (gunicorn, the repo's gunicorn.conf.py) on a
+free loopback port for tests where workers, sockets or timeouts matter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ingest_app import create_app
+from ingest_app.settings import Settings
+from tests.support.mongo import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+TEST_KEYS = {
+    "runner-a": "ka-0123456789abcdefghijklmnopqrstuvwxyzAB",
+    "runner-b": "kb-0123456789abcdefghijklmnopqrstuvwxyzAB",
+}
+# A key that may read (GET /results, /summary) but never write.
+TEST_READ_KEYS = {"dashboard": "kr-0123456789abcdefghijklmnopqrstuvwxyzAB"}
+
+
+def keys_env(keys: dict[str, str]) -> str:
+    """The INGEST_API_KEYS form of a name -> key mapping."""
+    return ",".join(f"{name}:{key}" for name, key in keys.items())
+
+
+@pytest.fixture
+def ingest_settings(mongo_uri, mongo_db_name) -> Settings:
+    """Settings for an app on this test's own database with TEST_KEYS (and TEST_READ_KEYS)."""
+    return Settings(
+        mongodb_uri=mongo_uri,
+        mongodb_db=mongo_db_name,
+        api_keys=tuple(TEST_KEYS.items()),
+        read_keys=tuple(TEST_READ_KEYS.items()),
+    )
+
+
+@pytest.fixture
+def app(ingest_settings, mongo_db):
+    """The Flask app on this test's database (dropped afterwards by mongo_db)."""
+    application = create_app(ingest_settings)
+    yield application
+    application.extensions["bench_ingest.db"].close()
+
+
+@pytest.fixture
+def client(app):
+    """A Flask test client of `app`."""
+    with app.test_client() as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def auth_headers() -> dict[str, str]:
+    """runner-a's key as an X-API-Key header."""
+    return {"X-API-Key": TEST_KEYS["runner-a"]}
+
+
+@dataclass
+class Gunicorn:
+    """A running gunicorn master: where it listens, its pid and its log file."""
+
+    url: str
+    pid: int
+    log_path: Path
+
+    def log(self) -> str:
+        """Everything gunicorn and the app have written so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def worker_pids(self) -> set[int]:
+        """The pids of the master's live workers."""
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(self.pid)],
+            capture_output=True, text=True, check=False,
+        ).stdout
+        return {int(p) for p in out.split()}
+
+
+@contextlib.contextmanager
+def start_gunicorn(
+    env: dict[str, str], *, workers: int = 2, timeout: int = 30, threads: int = 4
+) -> Iterator[Gunicorn]:
+    """Run gunicorn with the repo's config on a free loopback port; stop it afterwards."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="gunicorn-test-") as tmp:
+        child_env = {
+            k: v for k, v in os.environ.items()
+            if not k.startswith(("MONGODB_", "INGEST_", "GUNICORN_", "PROMETHEUS_", "WEB_"))
+        }
+        child_env.update(
+            GUNICORN_BIND=f"127.0.0.1:{port}",
+            WEB_CONCURRENCY=str(workers),
+            GUNICORN_THREADS=str(threads),
+            GUNICORN_TIMEOUT=str(timeout),
+            PROMETHEUS_MULTIPROC_DIR=str(Path(tmp, "metrics")),
+        )
+        child_env.update(env)
+        Path(child_env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(exist_ok=True)
+        log_path = Path(tmp, "gunicorn.log")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"),
+                 "ingest_app:create_app()"],
+                cwd=REPO, env=child_env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        server = Gunicorn(url=f"http://127.0.0.1:{port}", pid=proc.pid, log_path=log_path)
+        try:
+            _wait_healthy(server, proc)
+            yield server
+        finally:
+            _stop(proc)
+
+
+@contextlib.contextmanager
+def run_gunicorn(env: dict[str, str], *, workers: int = 2, timeout: int = 30) -> Iterator[str]:
+    """Run the ingest app under real gunicorn; yield its base URL (http://127.0.0.1:PORT)."""
+    with start_gunicorn(env, workers=workers, timeout=timeout) as server:
+        yield server.url
+
+
+def _wait_healthy(server: Gunicorn, proc: subprocess.Popen, limit: float = 20.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {proc.returncode}:\n{server.log()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"gunicorn not healthy after {limit}s:\n{server.log()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    # Workers that outlived their master (it was killed) must not linger either.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def gunicorn_env(mongo_uri: str, db_name: str, **extra: str) -> dict[str, str]:
+    """The environment of an ingest app on this database with TEST_KEYS."""
+    return {
+        "MONGODB_URI": mongo_uri,
+        "MONGODB_DB": db_name,
+        "INGEST_API_KEYS": keys_env(TEST_KEYS),
+        "INGEST_READ_KEYS": keys_env(TEST_READ_KEYS),
+        **extra,
+    }
+
+
+@dataclass
+class IngestServer:
+    """A running ingest app: base URL, POST /ingest URL, runner-a's key, the test database."""
+
+    url: str
+    ingest_url: str
+    key: str
+    db: object
+    gunicorn: Gunicorn
+
+
+@pytest.fixture
+def ingest_server(mongo_uri, mongo_db_name, mongo_db) -> Iterator[IngestServer]:
+    """gunicorn running the ingest app on this test's database with TEST_KEYS."""
+    with start_gunicorn(gunicorn_env(mongo_uri, mongo_db_name)) as server:
+        yield IngestServer(
+            url=server.url,
+            ingest_url=f"{server.url}/ingest",
+            key=TEST_KEYS["runner-a"],
+            db=mongo_db,
+            gunicorn=server,
+        )

@@ -1,0 +1,60 @@
+"""gunicorn settings for the ingest app: `gunicorn 'ingest_app:create_app()'` reads this file.
+
+Environment: PORT or GUNICORN_BIND (default 127.0.0.1:8000), WEB_CONCURRENCY (workers,
+default 2), GUNICORN_THREADS (threads a worker, default 4), GUNICORN_TIMEOUT (default 30).
+"""
+
+import os
+import tempfile
+
+bind = os.environ.get("GUNICORN_BIND") or (
+    f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT") else "127.0.0.1:8000"
+)
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Threads keep other clients served while one sends its body slowly.
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# Well above the app's own 5 s cap on every database call, so a hung database never
+# gets a worker killed: the app answers 503 first.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+graceful_timeout = 10
+keepalive = 5
+# Requests are small; a huge header block is not a runner.
+limit_request_line = 8190
+limit_request_fields = 50
+
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
+# The path only (%(U)s), never the query string: a key pasted there must not reach a log.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s'
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "line": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"},
+    },
+    "handlers": {
+        "stdout": {
+            "class": "logging.StreamHandler",
+            "formatter": "line",
+            "stream": "ext://sys.stdout",
+        },
+    },
+    "root": {"level": "INFO", "handlers": ["stdout"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["stdout"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["stdout"], "propagate": False},
+    },
+}
+
+# Prometheus needs one shared directory for all workers' samples, made before they fork.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bench-ingest-metrics-")
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges."""
+    from ingest_app import metrics
+
+    metrics.mark_worker_dead(worker.pid)

@@ -1,0 +1,88 @@
+"""Who is calling: named API keys, compared in constant time, never logged or echoed."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hmac
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import g, request
+
+from . import settings
+from .errors import ApiError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Query parameters that look like a credential: a key there ends up in proxy and access logs.
+QUERY_KEY_PARAMS = frozenset(
+    {"api_key", "apikey", "api-key", "key", "token", "access_token", "auth", "x-api-key"}
+)
+
+
+def _refuse(*, allow_basic: bool) -> ApiError:
+    # One answer for every failure, so a caller learns nothing about which keys exist.
+    challenge = 'Basic realm="bench-ingest", charset="UTF-8"' if allow_basic else "Bearer"
+    return ApiError(
+        401,
+        "unauthorized",
+        "A valid API key is required in the X-API-Key header or as Authorization: Bearer.",
+        headers={"WWW-Authenticate": challenge},
+    )
+
+
+def _presented(allow_basic: bool) -> bytes | None:
+    """The credential the request carries, as raw header bytes, or None."""
+    header = request.headers.get("X-API-Key")
+    if header is None:
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            header = value.strip()
+        elif scheme.lower() == "basic" and allow_basic:
+            try:
+                decoded = base64.b64decode(value.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                return None
+            return decoded.partition(b":")[2] or None
+    if not header:
+        return None
+    # WSGI hands headers over as latin-1 text; back to the bytes that were on the wire.
+    return header.encode("latin-1", errors="replace")
+
+
+def _match(presented: bytes, keys: tuple[tuple[str, str], ...]) -> str | None:
+    found = None
+    for name, key in keys:
+        # Compare against every key without stopping early, so timing reveals nothing.
+        if hmac.compare_digest(presented, key.encode("ascii")) and found is None:
+            found = name
+    return found
+
+
+def authenticate(*, allow_read: bool = False, allow_basic: bool = False) -> str:
+    """The name of the key this request carries, or a 401 ApiError (same body for every failure)."""
+    if any(name.lower() in QUERY_KEY_PARAMS for name in request.args):
+        raise _refuse(allow_basic=allow_basic)
+    presented = _presented(allow_basic)
+    if presented is None:
+        raise _refuse(allow_basic=allow_basic)
+    cfg = settings.current()
+    keys = cfg.api_keys + cfg.read_keys if allow_read else cfg.api_keys
+    name = _match(presented, keys)
+    if name is None:
+        raise _refuse(allow_basic=allow_basic)
+    g.runner_id = name
+    return name
+
+
+def require_key(view: F) -> F:
+    """Decorate a write route: only a write key may call it; `g.runner_id` names the key."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        authenticate()
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

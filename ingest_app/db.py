@@ -1,0 +1,180 @@
+"""MongoDB access: one client per process, bounded calls, and the indexes exactly-once rests on."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC
+
+import click
+import pymongo
+from flask import Flask, Response, current_app
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WTimeoutError
+
+from . import metrics, settings
+from .errors import ApiError, error_response
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "bench_ingest.db"
+
+RESULT_INDEXES = (
+    ([("result_id", 1)], {"unique": True, "name": "result_id_unique"}),
+    ([("provider", 1), ("model_name", 1), ("run_ts", -1)], {"name": "provider_model_run_ts"}),
+    ([("run_ts", -1)], {"name": "run_ts_desc"}),
+)
+ERROR_INDEXES = (
+    ([("error_id", 1)], {"unique": True, "name": "error_id_unique"}),
+    ([("provider", 1), ("model_name", 1), ("ts", -1)], {"name": "provider_model_ts"}),
+    ([("ts", -1)], {"name": "ts_desc"}),
+    ([("fingerprint", 1), ("ts", -1)], {"name": "fingerprint_ts"}),
+)
+
+
+class _Handle:
+    """The process's client, made on first use so a client made before a fork is never shared."""
+
+    def __init__(self, cfg: Settings) -> None:
+        self.cfg = cfg
+        self.lock = threading.Lock()
+        self.client: pymongo.MongoClient | None = None
+        self.pid = 0
+        self.indexes_ready = False
+
+    def get(self) -> pymongo.MongoClient:
+        with self.lock:
+            if self.client is None or self.pid != os.getpid():
+                self.client = make_client(self.cfg)
+                self.pid = os.getpid()
+                self.indexes_ready = False
+            return self.client
+
+    def close(self) -> None:
+        with self.lock:
+            if self.client is not None and self.pid == os.getpid():
+                self.client.close()
+            self.client = None
+
+
+def make_client(cfg: Settings) -> pymongo.MongoClient:
+    """A client that opens no socket until used and never waits on the database for long."""
+    timeout_ms = int(cfg.db_timeout_seconds * 1000)
+    return pymongo.MongoClient(
+        cfg.mongodb_uri,
+        connect=False,
+        appname="bench-ingest",
+        tz_aware=True,
+        tzinfo=UTC,
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=cfg.connect_timeout_ms,
+        # Outside a pymongo.timeout() block (the CLI), a hung server still cannot hold a call.
+        socketTimeoutMS=timeout_ms,
+    )
+
+
+def _handle() -> _Handle:
+    return current_app.extensions[EXTENSION]
+
+
+def get_db() -> Database:
+    """The app's database on this process's client."""
+    return _handle().get()[settings.current().mongodb_db]
+
+
+def results() -> Collection:
+    """The results collection."""
+    return get_db()[settings.current().results_collection]
+
+
+def errors() -> Collection:
+    """The failed-attempts collection."""
+    return get_db()[settings.current().errors_collection]
+
+
+def ensure_indexes(db: Database, cfg: Settings) -> None:
+    """Create the contract's indexes if missing (idempotent; the unique ones give exactly-once)."""
+    for collection, specs in (
+        (db[cfg.results_collection], RESULT_INDEXES),
+        (db[cfg.errors_collection], ERROR_INDEXES),
+    ):
+        collection.create_indexes(
+            [pymongo.IndexModel(keys, **options) for keys, options in specs]
+        )
+
+
+def require_indexes() -> None:
+    """Make sure this process has seen the unique indexes before it acknowledges a write."""
+    handle = _handle()
+    handle.get()
+    if handle.indexes_ready:
+        return
+    ensure_indexes(get_db(), settings.current())
+    handle.indexes_ready = True
+
+
+def unavailable(exc: Exception) -> ApiError:
+    """The 503 a client sees when the database failed or timed out; logged and counted."""
+    metrics.observe_db_error()
+    log.warning("database unavailable: %s", type(exc).__name__)
+    cfg = settings.current()
+    return ApiError(
+        503,
+        "database_unavailable",
+        "The database is unavailable or slow; retry after the delay in Retry-After.",
+        headers={"Retry-After": str(cfg.retry_after_seconds)},
+    )
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when a database error means "unreachable or too slow" rather than a bug."""
+    if isinstance(exc, ConnectionFailure | ExecutionTimeout | WTimeoutError):
+        return True
+    return isinstance(exc, PyMongoError) and bool(getattr(exc, "timeout", False))
+
+
+@contextmanager
+def bounded() -> Iterator[None]:
+    """Run database calls under the app's time cap; an outage becomes a 503 ApiError."""
+    try:
+        with pymongo.timeout(settings.current().db_timeout_seconds):
+            yield
+    except PyMongoError as exc:
+        if is_outage(exc):
+            raise unavailable(exc) from exc
+        raise
+
+
+def ping() -> None:
+    """Ask the database to answer, within the time cap (503 ApiError otherwise)."""
+    with bounded():
+        get_db().command("ping")
+
+
+def _on_db_error(exc: PyMongoError) -> Response:
+    # A database error that escaped bounded(): an outage is still a 503, anything else a bug.
+    if is_outage(exc):
+        return error_response(unavailable(exc))
+    log.exception("unexpected database error %s", type(exc).__name__)
+    return error_response(
+        ApiError(500, "internal_error", "An unexpected error occurred; it has been logged.")
+    )
+
+
+def init_app(app: Flask) -> None:
+    """Attach the lazily-made client to the app and add the `ensure-indexes` command."""
+    app.extensions[EXTENSION] = _Handle(app.extensions[settings.EXTENSION])
+    app.register_error_handler(PyMongoError, _on_db_error)
+
+    @app.cli.command("ensure-indexes")
+    def ensure_indexes_command() -> None:
+        """Create the results and errors indexes now (they are also made on first write)."""
+        cfg = settings.current()
+        ensure_indexes(get_db(), cfg)
+        click.echo(f"indexes present on {cfg.mongodb_db}.{cfg.results_collection} "
+                   f"and {cfg.mongodb_db}.{cfg.errors_collection}")

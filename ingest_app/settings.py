@@ -1,0 +1,167 @@
+"""The ingest app's configuration: read from the environment once, validated at start."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from flask import current_app
+
+import bench_contract as contract
+
+MIN_KEY_CHARS = 32
+# Every DB call on the request path must give up well before the 5 s the contract allows.
+MAX_DB_TIMEOUT_SECONDS = 4.0
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Keys are printable ASCII without whitespace or commas, so they survive headers and the env list.
+_KEY = re.compile(r"^[!-+\--~]+$")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+EXTENSION = "bench_ingest.settings"
+
+
+class SettingsError(ValueError):
+    """The environment does not describe a usable ingest app; the message names every problem."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the ingest app reads from its environment."""
+
+    mongodb_uri: str = field(repr=False)
+    mongodb_db: str = "llm-bench"
+    results_collection: str = "metrics_cloud_v2"
+    errors_collection: str = "errors_cloud"
+    api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    read_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    public_read: bool = False
+    max_body_bytes: int = contract.MAX_BODY_BYTES
+    # Caps server selection plus the operation itself (pymongo.timeout) on every request.
+    db_timeout_seconds: float = 3.0
+    connect_timeout_ms: int = 2000
+    retry_after_seconds: int = 5
+    # A client that stops sending its body is cut off after this long, freeing the thread.
+    body_timeout_seconds: float = 10.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the environment; raise SettingsError naming every bad variable."""
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+
+        uri = env.get("MONGODB_URI", "").strip()
+        if not uri:
+            problems.append("MONGODB_URI is missing (e.g. mongodb://db-host:27017/)")
+        elif not uri.startswith(("mongodb://", "mongodb+srv://")):
+            problems.append("MONGODB_URI must start with mongodb:// or mongodb+srv://")
+
+        names = {}
+        for var, default in (
+            ("MONGODB_DB", cls.mongodb_db),
+            ("MONGODB_RESULTS_COLLECTION", cls.results_collection),
+            ("MONGODB_ERRORS_COLLECTION", cls.errors_collection),
+        ):
+            value = env.get(var, "").strip() or default
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value) or value.startswith("."):
+                problems.append(f"{var} must be 1-64 letters, digits, '_', '-' or '.'")
+            names[var] = value
+
+        api_keys = _parse_keys(env, "INGEST_API_KEYS", problems, required=True)
+        read_keys = _parse_keys(env, "INGEST_READ_KEYS", problems, required=False)
+        clash = {k for _, k in api_keys} & {k for _, k in read_keys}
+        if clash:
+            problems.append("INGEST_READ_KEYS must not reuse a key from INGEST_API_KEYS")
+
+        public_read = _parse_bool(env, "INGEST_PUBLIC_READ", problems)
+        max_body = _parse_number(env, "INGEST_MAX_BODY_BYTES", int, contract.MAX_BODY_BYTES,
+                                 1024, 64 * 1024 * 1024, problems)
+        db_timeout = _parse_number(env, "MONGODB_TIMEOUT_SECONDS", float, cls.db_timeout_seconds,
+                                   0.1, MAX_DB_TIMEOUT_SECONDS, problems)
+        retry_after = _parse_number(env, "INGEST_RETRY_AFTER_SECONDS", int,
+                                    cls.retry_after_seconds, 1, 3600, problems)
+        body_timeout = _parse_number(env, "INGEST_BODY_TIMEOUT_SECONDS", float,
+                                     cls.body_timeout_seconds, 0.5, 120, problems)
+
+        if problems:
+            raise SettingsError("invalid ingest settings: " + "; ".join(problems))
+        return cls(
+            mongodb_uri=uri,
+            mongodb_db=names["MONGODB_DB"],
+            results_collection=names["MONGODB_RESULTS_COLLECTION"],
+            errors_collection=names["MONGODB_ERRORS_COLLECTION"],
+            api_keys=api_keys,
+            read_keys=read_keys,
+            public_read=public_read,
+            max_body_bytes=max_body,
+            db_timeout_seconds=db_timeout,
+            connect_timeout_ms=min(int(db_timeout * 1000), cls.connect_timeout_ms),
+            retry_after_seconds=retry_after,
+            body_timeout_seconds=body_timeout,
+        )
+
+
+def current() -> Settings:
+    """The settings of the app handling the current request."""
+    return current_app.extensions[EXTENSION]
+
+
+def _parse_keys(
+    env: Mapping[str, str], var: str, problems: list[str], *, required: bool
+) -> tuple[tuple[str, str], ...]:
+    raw = env.get(var, "").strip()
+    if not raw:
+        if required:
+            problems.append(f"{var} is missing (comma-separated name:key pairs, "
+                            f"keys of at least {MIN_KEY_CHARS} characters)")
+        return ()
+    pairs: list[tuple[str, str]] = []
+    bad: list[str] = []
+    for n, entry in enumerate(raw.split(","), start=1):
+        name, sep, key = entry.strip().partition(":")
+        # Only the entry's position and name are ever reported: never any part of a key.
+        where = f"entry {n}" + (f" ({name!r})" if _NAME.match(name) else "")
+        if not sep:
+            bad.append(f"{where} is not name:key")
+        elif not _NAME.match(name):
+            bad.append(f"entry {n} has a bad name (letters, digits, '.', '_', '-'; at most 64)")
+        elif len(key) < MIN_KEY_CHARS:
+            bad.append(f"{where} has a key shorter than {MIN_KEY_CHARS} characters")
+        elif not _KEY.match(key):
+            bad.append(f"{where} has a key with characters other than printable ASCII")
+        else:
+            pairs.append((name, key))
+    if len({n for n, _ in pairs}) != len(pairs):
+        bad.append("a name appears twice")
+    if len({k for _, k in pairs}) != len(pairs):
+        bad.append("a key appears twice")
+    if bad:
+        problems.append(f"{var}: " + ", ".join(bad))
+    return tuple(pairs)
+
+
+def _parse_bool(env: Mapping[str, str], var: str, problems: list[str]) -> bool:
+    value = env.get(var, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value not in _FALSE:
+        problems.append(f"{var} must be true or false")
+    return False
+
+
+def _parse_number(env, var, kind, default, low, high, problems):  # type: ignore[no-untyped-def]
+    raw = env.get(var, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        problems.append(f"{var} must be a number between {low} and {high}")
+        return default
+    if not low <= value <= high:
+        problems.append(f"{var} must be between {low} and {high}")
+        return default
+    return value
