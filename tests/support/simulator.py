@@ -1,1 +1,98 @@
-"""Test fixtures for the simulator side (registered in tests/conftest.py)."""
+"""Test fixtures for the simulator side (registered in tests/conftest.py).
+
+`bedrock_sim(config)` starts the Bedrock simulator in its own process on a free
+port (its own interpreter, so its timing does not share a GIL with the client
+being measured) and points boto3 at it through the standard endpoint variables.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.simulator import SimulatorConfig
+from tests.support.mongo import free_port, wait_for_port
+
+
+@dataclass
+class SimulatorHandle:
+    """A running simulator: its URL, the env vars that point boto3 at it, and its config."""
+
+    url: str
+    env: dict[str, str]
+    config: SimulatorConfig
+    proc: subprocess.Popen = field(repr=False)
+
+    def stats(self) -> dict[str, Any]:
+        """Calls per model and connections accepted, as the simulator counted them."""
+        with urllib.request.urlopen(f"{self.url}/_simulator/stats", timeout=5) as answer:
+            return json.load(answer)
+
+    def calls(self, model_id: str) -> int:
+        """How many runtime calls `model_id` received."""
+        return self.stats()["calls"].get(model_id, 0)
+
+    def stop(self) -> None:
+        """Stop the process (SIGTERM, then SIGKILL if it lingers)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def start_simulator(config: SimulatorConfig, config_dir: Path) -> SimulatorHandle:
+    """Start a simulator process for `config` and wait until it accepts connections."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    path = config_dir / f"simulator-{port}.json"
+    path.write_text(json.dumps(config.to_dict()), encoding="utf-8")
+    log = open(config_dir / f"simulator-{port}.log", "ab")  # noqa: SIM115 - owned by the process
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner.simulator", str(port), str(path)],
+        stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2],
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    handle = SimulatorHandle(
+        url=url,
+        env={"AWS_ENDPOINT_URL_BEDROCK_RUNTIME": url, "AWS_ENDPOINT_URL_BEDROCK": url},
+        config=config, proc=proc,
+    )
+    try:
+        wait_for_port("127.0.0.1", port)
+    except TimeoutError:
+        handle.stop()
+        raise
+    return handle
+
+
+@pytest.fixture
+def bedrock_sim(monkeypatch, tmp_path_factory):
+    """Factory: `bedrock_sim(config=None)` starts a simulator and points boto3 at it."""
+    handles: list[SimulatorHandle] = []
+
+    def start(config: SimulatorConfig | dict | None = None) -> SimulatorHandle:
+        if config is None:
+            config = SimulatorConfig.default()
+        elif isinstance(config, dict):
+            config = SimulatorConfig.from_dict(config)
+        handle = start_simulator(config, tmp_path_factory.mktemp("bedrock-sim"))
+        handles.append(handle)
+        monkeypatch.delenv("AWS_BEARER_TOKEN_BEDROCK", raising=False)
+        for name, value in handle.env.items():
+            monkeypatch.setenv(name, value)
+        return handle
+
+    yield start
+    for handle in handles:
+        handle.stop()

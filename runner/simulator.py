@@ -1,0 +1,566 @@
+"""A Bedrock-compatible local endpoint, so the real boto3 client can be run without AWS.
+
+It speaks the Bedrock Runtime wire protocol (ConverseStream as an event stream with
+one event per HTTP chunk, Converse, errors with `x-amzn-ErrorType`) and the two
+control-plane listings, with each model's timing and faults taken from a config.
+The stream follows a plan computed once per request (`SimulatorConfig.plan`), and
+the same plan is the truth that measurements are checked against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from . import eventstream
+
+log = logging.getLogger(__name__)
+
+GEO_PREFIXES = ("us.", "eu.", "apac.", "global.")
+
+# Errors answered before the stream: (status, x-amzn-ErrorType, message).
+PRE_STREAM_ERRORS: dict[str, tuple[int, str, str]] = {
+    "throttle": (429, "ThrottlingException",
+                 "Too many requests, please wait before trying again."),
+    "model_not_ready": (429, "ModelNotReadyException",
+                        "Model is not ready to serve inference requests."),
+    "access_denied": (403, "AccessDeniedException",
+                      "You don't have access to the model with the specified model ID."),
+    "end_of_life": (404, "ResourceNotFoundException",
+                    "This model version has reached the end of its life. "
+                    "Please refer to the AWS documentation for more details."),
+    "not_found": (404, "ResourceNotFoundException", "Model not found."),
+    "on_demand_not_supported": (
+        400, "ValidationException",
+        "Invocation of model ID {model_id} with on-demand throughput isn't supported. "
+        "Retry your request with the ID or ARN of an inference profile that contains "
+        "this model."),
+    "validation": (400, "ValidationException", "The provided request is not valid."),
+    "model_timeout": (408, "ModelTimeoutException", "Model has timed out in processing."),
+    "model_error": (424, "ModelErrorException", "The model encountered an error."),
+    "internal": (500, "InternalServerException", "The server encountered an internal error."),
+    "service_unavailable": (503, "ServiceUnavailableException",
+                            "The service is temporarily unable to handle the request."),
+}
+
+# Exceptions sent mid-stream: camelCase, as Bedrock sends them and botocore expects.
+STREAM_ERRORS: dict[str, str] = {
+    "throttlingException": "Too many tokens, please wait before trying again.",
+    "internalServerException": "The server encountered an internal error.",
+    "modelStreamErrorException": "The model stream ended with an error.",
+    "validationException": "The provided request is not valid.",
+    "serviceUnavailableException": "The service is temporarily unable to handle the request.",
+}
+
+_TEXT = (
+    "The bicycle began as a wooden running machine in 1817, pushed along by the "
+    "rider's feet. Pedals on the front wheel came in the 1860s, then the tall "
+    "penny-farthing, and at last the safety bicycle with a chain and two equal "
+    "wheels, which made riding cheap and safe for almost everyone."
+)
+_WORDS = tuple(_TEXT.split(" "))
+
+
+@dataclass(frozen=True)
+class ModelBehaviour:
+    """How one simulated model answers: timing, size, and which fault (if any) it shows."""
+
+    ttft: float = 0.2  # seconds from request received to the first content delta
+    gap: float = 0.02  # seconds between content deltas
+    tokens_per_delta: int = 2
+    output_tokens: int = 64  # visible text tokens the model would write unbounded
+    reasoning_tokens: int = 0  # reasoning tokens written before any text
+    input_tokens: int = 18
+    send_usage: bool = True  # False: no usage in metadata (the runner counts chunks)
+    empty_first_delta: bool = False  # an empty text delta right after messageStart
+    error: str | None = None  # a PRE_STREAM_ERRORS key, answered instead of a stream
+    stream_error: str | None = None  # a STREAM_ERRORS key, sent after error_after_deltas
+    error_after_deltas: int = 0
+    stall_seconds: float = 0.0  # stop writing for this long after stall_after_deltas
+    stall_after_deltas: int = 0
+    stall_before_headers: bool = False  # stall before the response headers instead
+    corrupt_after_deltas: int | None = None  # send a message with a bad CRC at this point
+    fail_first_calls: int | None = None  # faults apply to the first N calls only (None: all)
+    # What the control plane lists about it.
+    name: str | None = None
+    vendor: str = "Simulated"
+    streaming: bool = True
+    output_modalities: tuple[str, ...] = ("TEXT",)
+    lifecycle: str = "ACTIVE"
+
+    def __post_init__(self) -> None:
+        if self.error is not None and self.error not in PRE_STREAM_ERRORS:
+            raise ValueError(f"unknown error {self.error!r}; known: {sorted(PRE_STREAM_ERRORS)}")
+        if self.stream_error is not None and self.stream_error not in STREAM_ERRORS:
+            raise ValueError(
+                f"unknown stream_error {self.stream_error!r}; known: {sorted(STREAM_ERRORS)}")
+        if self.tokens_per_delta < 1:
+            raise ValueError("tokens_per_delta must be at least 1")
+        if min(self.ttft, self.gap, self.stall_seconds) < 0:
+            raise ValueError("ttft, gap and stall_seconds cannot be negative")
+        object.__setattr__(self, "output_modalities", tuple(self.output_modalities))
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One planned content delta: when it is sent (seconds after the request) and what it holds."""
+
+    at: float
+    kind: str  # "text" or "reasoning"
+    text: str
+    tokens: int
+    block: int
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """What a successful stream sends, and therefore the truth a measurement should find."""
+
+    deltas: tuple[Delta, ...]
+    stop_reason: str
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        """Offset of the first non-empty text delta, or None when no text is sent."""
+        return next((d.at for d in self.deltas if d.kind == "text"), None)
+
+    @property
+    def time_to_first_any_token(self) -> float | None:
+        """Offset of the first content delta of any kind."""
+        return self.deltas[0].at if self.deltas else None
+
+    @property
+    def generate_time(self) -> float:
+        """Offset of the last delta, after which the closing events follow at once."""
+        return self.deltas[-1].at if self.deltas else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float | None:
+        """(output_tokens - 1) / (last delta - first delta), as CONTRACT section 3 defines it."""
+        if len(self.deltas) < 2 or self.output_tokens < 2:
+            return None
+        return (self.output_tokens - 1) / (self.deltas[-1].at - self.deltas[0].at)
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """Per-model behaviour of the simulator, keyed by the exact model id a client sends."""
+
+    models: Mapping[str, ModelBehaviour] = field(default_factory=dict)
+
+    @classmethod
+    def default(cls) -> SimulatorConfig:
+        """The embedded models the demo uses."""
+        return cls(models={
+            "sim.fast-v1": ModelBehaviour(
+                ttft=0.15, gap=0.02, tokens_per_delta=4, output_tokens=64,
+                name="Sim Fast v1"),
+            "sim.steady-v1": ModelBehaviour(
+                ttft=0.3, gap=0.03, tokens_per_delta=2, output_tokens=64,
+                empty_first_delta=True, name="Sim Steady v1"),
+            "us.sim.reasoner-v1": ModelBehaviour(
+                ttft=0.2, gap=0.02, tokens_per_delta=4, reasoning_tokens=24,
+                output_tokens=32, name="Sim Reasoner v1"),
+            "sim.retired-v1": ModelBehaviour(
+                error="end_of_life", lifecycle="LEGACY", name="Sim Retired v1"),
+            "us.sim.profile-only-v1": ModelBehaviour(
+                ttft=0.25, gap=0.025, tokens_per_delta=3, output_tokens=48,
+                name="Sim Profile-only v1"),
+        })
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SimulatorConfig:
+        """Build from `{"models": {model_id: {field: value}}}`; unknown fields are an error."""
+        known = {f.name for f in dataclasses.fields(ModelBehaviour)}
+        models: dict[str, ModelBehaviour] = {}
+        extra = set(data) - {"models"}
+        if extra:
+            raise ValueError(f"unknown simulator config keys: {sorted(extra)}")
+        for model_id, spec in dict(data.get("models", {})).items():
+            unknown = set(spec) - known
+            if unknown:
+                raise ValueError(f"model {model_id}: unknown fields {sorted(unknown)}")
+            models[model_id] = ModelBehaviour(**spec)
+        return cls(models=models)
+
+    @classmethod
+    def from_file(cls, path: Path | str) -> SimulatorConfig:
+        """Read a JSON config file (the shape of `from_dict`)."""
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form that `from_dict` reads back."""
+        return {"models": {k: dataclasses.asdict(v) for k, v in self.models.items()}}
+
+    def plan(self, model_id: str, max_tokens: int) -> StreamPlan:
+        """The deltas a successful call of `model_id` with `max_tokens` sends, with offsets."""
+        b = self.models[model_id]
+        budget = max(0, max_tokens)
+        reasoning = min(b.reasoning_tokens, budget)
+        text = min(b.output_tokens, budget - reasoning)
+        deltas: list[Delta] = []
+        words = _word_source()
+        for kind, count, block in (("reasoning", reasoning, 0),
+                                   ("text", text, 1 if reasoning else 0)):
+            left = count
+            while left > 0:
+                n = min(b.tokens_per_delta, left)
+                chunk = "".join(next(words) for _ in range(n))
+                deltas.append(Delta(b.ttft + len(deltas) * b.gap, kind, chunk, n, block))
+                left -= n
+        truncated = b.reasoning_tokens + b.output_tokens > budget
+        return StreamPlan(
+            deltas=tuple(deltas),
+            stop_reason="max_tokens" if truncated else "end_turn",
+            input_tokens=b.input_tokens,
+            output_tokens=reasoning + text,
+        )
+
+
+def _word_source() -> Iterator[str]:
+    i = 0
+    while True:
+        yield _WORDS[i % len(_WORDS)] + " "
+        i += 1
+
+
+class SimulatorServer(ThreadingHTTPServer):
+    """The HTTP server: one thread per connection, keep-alive, stops stalls on shutdown."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], config: SimulatorConfig) -> None:
+        self.config = config
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.calls: Counter[str] = Counter()
+        self.connections = 0
+        super().__init__(address, _Handler)
+
+    def count_call(self, model_id: str) -> int:
+        """Count a runtime call of `model_id`; returns its 1-based number."""
+        with self._lock:
+            self.calls[model_id] += 1
+            return self.calls[model_id]
+
+    def count_connection(self) -> None:
+        """Count an accepted connection (tests check the runner reuses its warm one)."""
+        with self._lock:
+            self.connections += 1
+
+    def stats(self) -> dict[str, Any]:
+        """Calls per model and connections accepted so far."""
+        with self._lock:
+            return {"calls": dict(self.calls), "connections": self.connections}
+
+    def shutdown(self) -> None:
+        """Stop serving and wake every stalled stream so its thread ends."""
+        self.stopping.set()
+        super().shutdown()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # otherwise each small chunk waits ~40 ms for a delayed ACK
+    server: SimulatorServer
+
+    _RUNTIME = re.compile(r"^/model/(?P<model>[^/]+)/(?P<op>converse-stream|converse)$")
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.count_connection()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("simulator %s", format % args)
+
+    # Routing
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        if parts.path == "/foundation-models":
+            self._send_json(200, {"modelSummaries": self._foundation_models()})
+        elif parts.path == "/inference-profiles":
+            self._send_json(200, self._inference_profiles(parse_qs(parts.query)))
+        elif parts.path == "/_simulator/stats":
+            self._send_json(200, self.server.stats())
+        else:
+            self._send_error(404, "UnknownOperationException", "Unknown operation.")
+
+    def do_POST(self) -> None:
+        received = time.perf_counter()
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        match = self._RUNTIME.match(urlsplit(self.path).path)
+        if not match:
+            self._send_error(404, "UnknownOperationException", "Unknown operation.")
+            return
+        model_id = unquote(match["model"])
+        try:
+            request = json.loads(body or b"{}")
+            max_tokens = int(request.get("inferenceConfig", {}).get("maxTokens", 4096))
+        except (ValueError, TypeError, AttributeError):
+            self._send_error(400, "ValidationException", "Malformed input request.")
+            return
+        behaviour = self.server.config.models.get(model_id)
+        if behaviour is None:
+            self._answer_unknown(model_id)
+            return
+        call_no = self.server.count_call(model_id)
+        faulty = behaviour.fail_first_calls is None or call_no <= behaviour.fail_first_calls
+        if faulty and behaviour.error:
+            status, name, message = PRE_STREAM_ERRORS[behaviour.error]
+            self._send_error(status, name, message.format(model_id=model_id))
+            return
+        plan = self.server.config.plan(model_id, max_tokens)
+        if match["op"] == "converse":
+            self._converse(behaviour, plan, received, faulty)
+        else:
+            self._converse_stream(behaviour, plan, received, faulty)
+
+    def _answer_unknown(self, model_id: str) -> None:
+        # A bare id whose cross-region profile exists: Bedrock refuses on-demand calls.
+        models = self.server.config.models
+        if any(p + model_id in models for p in GEO_PREFIXES):
+            _, name, message = PRE_STREAM_ERRORS["on_demand_not_supported"]
+            self._send_error(400, name, message.format(model_id=model_id))
+        else:
+            self._send_error(400, "ValidationException",
+                             "The provided model identifier is invalid.")
+
+    # Runtime answers
+
+    def _converse(self, b: ModelBehaviour, plan: StreamPlan, received: float,
+                  faulty: bool) -> None:
+        if faulty and b.stall_seconds:
+            self.server.stopping.wait(b.stall_seconds)
+        self._sleep_until(received + plan.generate_time)
+        content: list[dict[str, Any]] = []
+        reasoning = "".join(d.text for d in plan.deltas if d.kind == "reasoning")
+        if reasoning:
+            content.append({"reasoningContent": {"reasoningText": {"text": reasoning}}})
+        content.append({"text": "".join(d.text for d in plan.deltas if d.kind == "text")})
+        answer: dict[str, Any] = {
+            "output": {"message": {"role": "assistant", "content": content}},
+            "stopReason": plan.stop_reason,
+            "metrics": {"latencyMs": round((time.perf_counter() - received) * 1000)},
+        }
+        if b.send_usage:
+            answer["usage"] = _usage(plan)
+        self._send_json(200, answer)
+
+    def _converse_stream(self, b: ModelBehaviour, plan: StreamPlan, received: float,
+                         faulty: bool) -> None:
+        if faulty and b.stall_seconds and b.stall_before_headers:
+            self.server.stopping.wait(b.stall_seconds)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.amazon.eventstream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+        self.end_headers()
+        try:
+            self._write_chunk(eventstream.encode_event("messageStart", {"role": "assistant"}))
+            if b.empty_first_delta:
+                self._write_chunk(eventstream.encode_event(
+                    "contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": ""}}))
+            if not self._stream_deltas(b, plan, received, faulty):
+                self._write_chunk(b"")
+                return
+            self._write_chunk(eventstream.encode_event("messageStop",
+                                                       {"stopReason": plan.stop_reason}))
+            metadata: dict[str, Any] = {
+                "metrics": {"latencyMs": round((time.perf_counter() - received) * 1000)}}
+            if b.send_usage:
+                metadata["usage"] = _usage(plan)
+            self._write_chunk(eventstream.encode_event("metadata", metadata))
+            self._write_chunk(b"")
+        except (BrokenPipeError, ConnectionResetError):
+            # The client gave up (its read timeout or overall cap): nothing to answer.
+            self.close_connection = True
+
+    def _stream_deltas(self, b: ModelBehaviour, plan: StreamPlan, received: float,
+                       faulty: bool) -> bool:
+        """Send the planned deltas and block stops; False when a fault ended the stream."""
+        stalled = 0.0
+        for i, delta in enumerate(plan.deltas):
+            if faulty and b.stream_error and i == b.error_after_deltas:
+                self._write_chunk(eventstream.encode_exception(
+                    b.stream_error, STREAM_ERRORS[b.stream_error]))
+                return False
+            if faulty and b.stall_seconds and not b.stall_before_headers \
+                    and i == b.stall_after_deltas:
+                start = time.perf_counter()
+                self.server.stopping.wait(b.stall_seconds)
+                stalled += time.perf_counter() - start
+            corrupt = faulty and b.corrupt_after_deltas == i
+            self._sleep_until(received + stalled + delta.at)
+            if i and plan.deltas[i - 1].block != delta.block:
+                self._close_block(plan.deltas[i - 1], signature=True)
+            payload = {"contentBlockIndex": delta.block, "delta": _delta_body(delta)}
+            self._write_chunk(eventstream.encode_event("contentBlockDelta", payload,
+                                                       corrupt=corrupt))
+            if corrupt:
+                return False
+        if faulty and b.stream_error and b.error_after_deltas >= len(plan.deltas):
+            self._write_chunk(eventstream.encode_exception(
+                b.stream_error, STREAM_ERRORS[b.stream_error]))
+            return False
+        if plan.deltas:
+            last = plan.deltas[-1]
+            self._close_block(last, signature=last.kind == "reasoning")
+        return True
+
+    def _close_block(self, delta: Delta, *, signature: bool) -> None:
+        if signature and delta.kind == "reasoning":
+            # Bedrock ends a reasoning block with a signature-only delta: no token in it.
+            self._write_chunk(eventstream.encode_event("contentBlockDelta", {
+                "contentBlockIndex": delta.block,
+                "delta": {"reasoningContent": {"signature": uuid.uuid4().hex}}}))
+        self._write_chunk(eventstream.encode_event("contentBlockStop",
+                                                   {"contentBlockIndex": delta.block}))
+
+    # Control plane
+
+    def _foundation_models(self) -> list[dict[str, Any]]:
+        models = self.server.config.models
+        summaries: dict[str, dict[str, Any]] = {}
+        for model_id, b in models.items():
+            base = _strip_geo(model_id)
+            on_demand = base in models and models[base].error != "on_demand_not_supported"
+            summaries.setdefault(base, {
+                "modelArn": f"arn:aws:bedrock:us-east-1::foundation-model/{base}",
+                "modelId": base,
+                "modelName": b.name or base,
+                "providerName": b.vendor,
+                "inputModalities": ["TEXT"],
+                "outputModalities": list(b.output_modalities),
+                "responseStreamingSupported": b.streaming,
+                "customizationsSupported": [],
+                "inferenceTypesSupported": ["ON_DEMAND"] if on_demand else ["INFERENCE_PROFILE"],
+                "modelLifecycle": {"status": b.lifecycle},
+            })
+        return list(summaries.values())
+
+    def _inference_profiles(self, query: Mapping[str, list[str]]) -> dict[str, Any]:
+        profiles = [
+            {
+                "inferenceProfileName": f"US {b.name or _strip_geo(model_id)}",
+                "inferenceProfileId": model_id,
+                "inferenceProfileArn":
+                    f"arn:aws:bedrock:us-east-1:123456789012:inference-profile/{model_id}",
+                "description": "Routes requests across regions.",
+                "models": [{"modelArn":
+                            f"arn:aws:bedrock:us-east-1::foundation-model/{_strip_geo(model_id)}"}],
+                "status": "ACTIVE",
+                "type": "SYSTEM_DEFINED",
+            }
+            for model_id, b in self.server.config.models.items()
+            if model_id != _strip_geo(model_id)
+        ]
+        start = int(query.get("nextToken", ["0"])[0] or 0)
+        size = int(query.get("maxResults", ["1000"])[0] or 1000)
+        answer: dict[str, Any] = {"inferenceProfileSummaries": profiles[start:start + size]}
+        if start + size < len(profiles):
+            answer["nextToken"] = str(start + size)
+        return answer
+
+    # Wire
+
+    def _sleep_until(self, target: float) -> None:
+        delay = target - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+
+    def _write_chunk(self, data: bytes) -> None:
+        """One HTTP chunk, written at once; an empty one ends the body."""
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def _send_json(self, status: int, payload: Any) -> None:
+        raw = json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def _send_error(self, status: int, error_type: str, message: str) -> None:
+        raw = json.dumps({"message": message}).encode("utf-8")
+        self.send_response(status, HTTPStatus(status).phrase)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+        self.send_header("x-amzn-ErrorType", f"{error_type}:http://internal.amazon.com/coral/")
+        self.end_headers()
+        self.wfile.write(raw)
+
+
+def _strip_geo(model_id: str) -> str:
+    for prefix in GEO_PREFIXES:
+        if model_id.startswith(prefix):
+            return model_id[len(prefix):]
+    return model_id
+
+
+def _delta_body(delta: Delta) -> dict[str, Any]:
+    if delta.kind == "reasoning":
+        return {"reasoningContent": {"text": delta.text}}
+    return {"text": delta.text}
+
+
+def _usage(plan: StreamPlan) -> dict[str, int]:
+    return {"inputTokens": plan.input_tokens, "outputTokens": plan.output_tokens,
+            "totalTokens": plan.input_tokens + plan.output_tokens}
+
+
+def make_server(host: str, port: int, config: SimulatorConfig) -> SimulatorServer:
+    """A bound simulator server; call `serve_forever()` to start answering."""
+    return SimulatorServer((host, port), config)
+
+
+def run(host: str, port: int, config_path: Path | None) -> None:
+    """Serve until SIGINT or SIGTERM, logging one line with the endpoint URL."""
+    config = SimulatorConfig.from_file(config_path) if config_path else SimulatorConfig.default()
+    server = make_server(host, port, config)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    thread = threading.Thread(target=server.serve_forever, name="bedrock-simulator", daemon=True)
+    thread.start()
+    bound_host, bound_port = server.server_address[:2]
+    log.info("Bedrock simulator listening on http://%s:%s (models: %s)",
+             bound_host, bound_port, ", ".join(config.models))
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        log.info("Bedrock simulator stopped")
+
+
+if __name__ == "__main__":
+    # `python -m runner.simulator PORT [CONFIG]`: what the test fixture starts, kept
+    # free of click so it starts fast.
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run("127.0.0.1", int(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None)
