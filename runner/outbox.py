@@ -485,7 +485,9 @@ class Outbox:
             log.warning("batch of %d refused (%s); sending one by one", len(batch),
                         answer.describe())
             return all(self._send_one(client, entry, report) for entry in batch)
-        return all(self._verdict(entry, answer, report) for entry in batch)
+        # One answer for the whole batch: every record in it gets that verdict.
+        verdicts = [self._verdict(entry, answer, report) for entry in batch]
+        return all(verdicts)
 
     def _send_one(self, client: Any, entry: Entry, report: DrainReport) -> bool:
         """Send one record alone; False means stop draining."""

@@ -1,1 +1,198 @@
-"""Test fixtures for the runner side (registered in tests/conftest.py)."""
+"""Test fixtures for the runner side (registered in tests/conftest.py).
+
+`scripted_ingest` is a real HTTP server on a real socket standing in for the
+ingest API where a test needs answers the real app would not give on demand
+(429 with Retry-After, 500, 401, a lost answer). By default it behaves like the
+app: 201 for a new id, 200 duplicate for a known one, per-item statuses for a
+batch.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.records import Failure, Result
+from runner.settings import Settings
+
+# Not a real key: 40 printable characters, as the ingest app requires of keys.
+SCRIPTED_KEY = "scripted-test-key-0123456789abcdefghijkl"
+
+
+@dataclass
+class Received:
+    """One request the stand-in server got."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.body)
+
+
+@dataclass
+class Scripted:
+    """An answer to give once: status, headers, JSON body."""
+
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class ScriptedIngest:
+    """A real HTTP server that answers from a script and otherwise acts like the ingest API."""
+
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self.stored: dict[str, Any] = {}
+        self._script: dict[str, list[Scripted]] = {}
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        daemon=True)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def ingest_url(self) -> str:
+        """What INGEST_API_URL would be."""
+        return f"{self.url}/ingest"
+
+    def script(self, path: str, *answers: Scripted) -> None:
+        """Queue answers for POSTs to `path` (e.g. "/ingest/batch"), used in order."""
+        with self._lock:
+            self._script.setdefault(path, []).extend(answers)
+
+    def posts(self, path: str) -> list[Received]:
+        """Requests received on one path, in order."""
+        with self._lock:
+            return [r for r in self.requests if r.path == path]
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def _answer(self, path: str, body: bytes) -> Scripted:
+        with self._lock:
+            queue = self._script.get(path)
+            if queue:
+                return queue.pop(0)
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                return Scripted(400, {"error": {"code": "bad_json", "message": "not JSON"}})
+            if path == "/ingest/batch":
+                return Scripted(200, {"results": [self._store(item, "result_id")
+                                                  for item in doc["results"]]})
+            if path in ("/ingest", "/ingest/error"):
+                key = "result_id" if path == "/ingest" else "error_id"
+                item = self._store(doc, key)
+                if item["status"] == "created":
+                    return Scripted(201, {"status": "created"})
+                return Scripted(200, {"status": "duplicate", "duplicate": True})
+            return Scripted(404, {"error": {"code": "not_found", "message": "no such route"}})
+
+    def _store(self, doc: dict[str, Any], key: str) -> dict[str, Any]:
+        record_id = doc[key]
+        if record_id in self.stored:
+            return {"status": "duplicate"}
+        self.stored[record_id] = doc
+        return {"status": "created"}
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 5  # idle keep-alive connections end, so teardown never waits
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with outer._lock:
+                    outer.requests.append(Received(self.path, dict(self.headers), body,
+                                                   time.monotonic()))
+                answer = outer._answer(self.path, body)
+                data = json.dumps(answer.body).encode() if answer.body is not None else b""
+                self.send_response(answer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in answer.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+
+@pytest.fixture
+def scripted_ingest() -> Iterator[ScriptedIngest]:
+    """A stand-in ingest API on a free 127.0.0.1 port, stopped after the test."""
+    server = ScriptedIngest()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """A factory of runner Settings on this test's state dir; keyword arguments override."""
+
+    def build(**overrides: Any) -> Settings:
+        base = Settings(state_dir=tmp_path / "state", ingest_url="http://127.0.0.1:9/ingest",
+                        api_key=SCRIPTED_KEY, models=("sim.fast-v1",), http_retries=0,
+                        http_timeout=(2.0, 5.0), retry_base=0.2, retry_cap=1.0)
+        return replace(base, **overrides)
+
+    return build
+
+
+def make_result(model: str = "sim.fast-v1", **overrides: Any) -> Result:
+    """A plausible measured result, as the provider would return it."""
+    fields: dict[str, Any] = {
+        "provider": "bedrock", "model_name": model, "run_ts": datetime.now(UTC),
+        "output_tokens": 64, "generate_time": 0.8, "tokens_per_second": 80.0,
+        "region": "us-east-1", "gen_ts": datetime.now(UTC),
+        "benchmark_profile_id": "cloud-default-v1", "requested_tokens": 64,
+        "temperature": 0.1, "input_tokens": 20, "token_source": "provider_usage",
+        "time_to_first_token": 0.15, "time_to_first_any_token": 0.15,
+        "decode_tokens_per_second": 98.0, "stop_reason": "max_tokens", "chunk_count": 16,
+    }
+    fields.update(overrides)
+    return Result(**fields)
+
+
+def make_failure(model: str = "sim.retired-v1", **overrides: Any) -> Failure:
+    """A plausible failure record."""
+    fields: dict[str, Any] = {
+        "provider": "bedrock", "model_name": model, "ts": datetime.now(UTC), "stage": "call",
+        "error_kind": "model_unavailable", "message": "The model has reached the end of its life",
+        "region": "us-east-1", "exc_type": "ResourceNotFoundException", "http_status": 404,
+    }
+    fields.update(overrides)
+    return Failure(**fields)
