@@ -2,8 +2,232 @@
 
 from __future__ import annotations
 
-from flask import Flask
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Flask, Response, jsonify, render_template, request
+from flask.typing import ResponseReturnValue
+
+from . import auth, db, metrics, settings
+from .errors import ApiError
+from .history import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    CursorError,
+    Position,
+    list_results,
+    rfc3339,
+    to_json,
+)
+from .summary import DEFAULT_WINDOW, ModelSummary, Summary, WindowError, summarize
+
+bp = Blueprint("read", __name__)
+
+RESULTS_PARAMS = frozenset({"provider", "model_name", "since", "until", "limit", "cursor"})
+SUMMARY_PARAMS = frozenset({"window"})
+PAGE_WINDOWS = ("1h", "24h", "7d")
+MAX_FILTER_CHARS = 256
+
+SPARK_WIDTH, SPARK_HEIGHT, SPARK_PAD = 240, 48, 3
+
+# Credentials that must never reach the page even if a runner put one in a message.
+_AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
+# A '+' in a query string arrives as a space when the client did not percent-encode it.
+_UNENCODED_OFFSET = re.compile(r" (\d{2}:\d{2})$")
+
+
+def _invalid(details: dict[str, str]) -> ApiError:
+    return ApiError(422, "invalid_query", "The query parameters are not valid; see details.",
+                    details=details)
+
+
+def _authorize(*, page: bool = False) -> None:
+    """Let the caller read, or raise the 401; a public board skips the key."""
+    if settings.current().public_read:
+        return
+    auth.authenticate(allow_read=True, allow_basic=page)
+
+
+def _check_params(allowed: frozenset[str]) -> None:
+    unknown = sorted(set(request.args) - allowed)
+    if unknown:
+        raise _invalid({name: "unknown parameter" for name in unknown})
+
+
+def _timestamp(name: str, problems: dict[str, str]) -> datetime | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    text = _UNENCODED_OFFSET.sub(r"+\1", raw.strip())
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None or "T" not in text.upper():
+        problems[name] = "must be an RFC 3339 timestamp with a timezone, like 2026-03-10T12:00:00Z"
+        return None
+    return value.astimezone(UTC)
+
+
+def _limit(problems: dict[str, str]) -> int:
+    raw = request.args.get("limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        problems["limit"] = f"must be a whole number from 1 to {MAX_LIMIT}"
+        return DEFAULT_LIMIT
+    return int(raw)
+
+
+@bp.get("/results")
+def results() -> ResponseReturnValue:
+    """Stored results newest first, filtered, a page at a time."""
+    _authorize()
+    _check_params(RESULTS_PARAMS)
+    problems: dict[str, str] = {}
+    match: dict[str, str] = {}
+    for name in ("provider", "model_name"):
+        value = request.args.get(name)
+        if value is not None:
+            if not value or len(value) > MAX_FILTER_CHARS:
+                problems[name] = f"must be 1 to {MAX_FILTER_CHARS} characters"
+            match[name] = value
+    since, until = _timestamp("since", problems), _timestamp("until", problems)
+    if since and until and since >= until:
+        problems["until"] = "must be later than since"
+    limit = _limit(problems)
+    after = None
+    if (cursor := request.args.get("cursor")) is not None:
+        try:
+            after = Position.decode(cursor)
+        except CursorError as exc:
+            problems["cursor"] = str(exc)
+    if problems:
+        raise _invalid(problems)
+    with db.bounded():
+        docs, position = list_results(db.results(), match, since=since, until=until,
+                                      after=after, limit=limit)
+    return _private(jsonify({
+        "results": [to_json(doc) for doc in docs],
+        "next": position.encode() if position else None,
+    }))
+
+
+def _summary(window: str) -> Summary:
+    try:
+        with db.bounded():
+            return summarize(db.results(), db.errors(), window)
+    except WindowError as exc:
+        raise _invalid({"window": str(exc)}) from exc
+
+
+def _model_json(row: ModelSummary) -> dict[str, Any]:
+    return {
+        "provider": row.provider,
+        "model_name": row.model_name,
+        "last_run": rfc3339(row.last_run) if row.last_run else None,
+        "last_outcome": row.last_outcome,
+        "last_result_at": rfc3339(row.last_result_at) if row.last_result_at else None,
+        "last_failure_at": rfc3339(row.last_failure_at) if row.last_failure_at else None,
+        "runs": row.runs,
+        "failures": row.failures,
+        "success_rate": row.success_rate,
+        "time_to_first_token": {"median": row.ttft_median, "p90": row.ttft_p90},
+        "tokens_per_second": {"median": row.tokens_per_second_median,
+                              "p90": row.tokens_per_second_p90},
+    }
+
+
+@bp.get("/summary")
+def summary() -> ResponseReturnValue:
+    """One row per provider and model over the window (default 24h)."""
+    _authorize()
+    _check_params(SUMMARY_PARAMS)
+    window = request.args.get("window", DEFAULT_WINDOW)
+    result = _summary(window)
+    return _private(jsonify({
+        "window": result.window,
+        "since": rfc3339(result.since),
+        "until": rfc3339(result.until),
+        "models": [_model_json(row) for row in result.models],
+    }))
+
+
+def sparkline(series: Sequence[tuple[datetime, float]], since: datetime,
+              until: datetime) -> str:
+    """SVG polyline points for tok/s over the window, scaled to the chart's box."""
+    span = (until - since).total_seconds() or 1.0
+    values = [v for _, v in series]
+    top = max(values, default=0.0) or 1.0
+    inner_w, inner_h = SPARK_WIDTH - 2 * SPARK_PAD, SPARK_HEIGHT - 2 * SPARK_PAD
+    points = []
+    for ts, value in series:
+        x = SPARK_PAD + inner_w * min(1.0, max(0.0, (ts - since).total_seconds() / span))
+        y = SPARK_PAD + inner_h * (1 - value / top)
+        points.append(f"{x:.1f},{y:.1f}")
+    return " ".join(points)
+
+
+def redact(message: str, secrets: Iterable[str]) -> str:
+    """The message with every configured key and AWS access key id replaced."""
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "[redacted]")
+    return _AWS_KEY_ID.sub("[redacted]", message)
+
+
+def _age(ts: datetime | None, now: datetime) -> str:
+    if ts is None:
+        return "never"
+    seconds = max(0, int((now - ts).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _fmt(value: float | None, unit: str = "", digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}{unit}"
+
+
+@bp.get("/")
+def status_page() -> ResponseReturnValue:
+    """The status page: a table and a tok/s sparkline per model, and the window's failures."""
+    _authorize(page=True)
+    window = request.args.get("window", DEFAULT_WINDOW)
+    result = _summary(window)
+    cfg = settings.current()
+    secrets = [key for _, key in cfg.api_keys + cfg.read_keys]
+    html = render_template(
+        "status.html",
+        summary=result,
+        windows=PAGE_WINDOWS,
+        spark=dict(width=SPARK_WIDTH, height=SPARK_HEIGHT),
+        sparkline=lambda row: sparkline(row.series, result.since, result.until),
+        age=lambda ts: _age(ts, result.until),
+        rfc3339=rfc3339,
+        fmt=_fmt,
+        redact=lambda message: redact(message, secrets),
+    )
+    return _private(Response(html, mimetype="text/html"))
+
+
+@bp.get("/metrics")
+def metrics_text() -> ResponseReturnValue:
+    """Prometheus text of every worker (read or write key; never public)."""
+    auth.authenticate(allow_read=True)
+    body, content_type = metrics.render()
+    return _private(Response(body, content_type=content_type))
+
+
+def _private(response: Response) -> Response:
+    # Read answers carry measurements a key unlocked: never kept by a shared cache.
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def init_app(app: Flask) -> None:
     """Register the read routes."""
+    app.register_blueprint(bp)
