@@ -1,13 +1,133 @@
-"""The write API: POST /ingest, /ingest/batch, /ingest/error, and /health, /ready."""
+"""The write API: POST /ingest, /ingest/batch, /ingest/error, and /health, /ready, /openapi.json."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, jsonify
-from flask.typing import ResponseReturnValue
+from typing import Any
 
-from . import db
+from flask import Blueprint, Flask, g, jsonify
+from flask.typing import ResponseReturnValue
+from marshmallow import Schema, ValidationError
+
+import bench_contract as contract
+
+from . import db, jsonbody, metrics, openapi, settings, store
+from .auth import require_key
+from .errors import ApiError
+from .schemas import FAILURE_SCHEMA, RESULT_SCHEMA, fingerprint
 
 bp = Blueprint("api", __name__)
+
+
+def _invalid(messages: Any, what: str) -> ApiError:
+    return ApiError(
+        422,
+        "validation_error",
+        f"The {what} has invalid or unknown fields; see details for each one.",
+        details={"fields": messages},
+    )
+
+
+def _load(schema: Schema, payload: dict[str, Any], what: str) -> dict[str, Any]:
+    try:
+        return schema.load(payload)
+    except ValidationError as exc:
+        raise _invalid(exc.messages, what) from exc
+
+
+def _body() -> dict[str, Any]:
+    cfg = settings.current()
+    return jsonbody.read_object(cfg.max_body_bytes, cfg.body_timeout_seconds)
+
+
+def _stamp(record: dict[str, Any], received_at: Any) -> dict[str, Any]:
+    return {**record, "received_at": received_at, "runner_id": g.runner_id}
+
+
+def _answer(kind: str, outcome: store.Outcome, id_field: str) -> ResponseReturnValue:
+    metrics.observe_write(kind, outcome.status)
+    if outcome.status == store.CONFLICT:
+        raise ApiError(
+            409,
+            "conflict",
+            f"A different {kind} with this {id_field} is already stored; it was left unchanged.",
+            details={id_field: outcome.record_id, "differing_fields": list(outcome.differing)},
+        )
+    if outcome.status == store.CREATED and kind == "result":
+        metrics.observe_stored(g.runner_id)
+    created = outcome.status == store.CREATED
+    body = {"status": outcome.status, "duplicate": not created, id_field: outcome.record_id}
+    return jsonify(body), 201 if created else 200
+
+
+@bp.post("/ingest")
+@require_key
+def ingest_result() -> ResponseReturnValue:
+    """Store one benchmark result exactly once."""
+    record = _load(RESULT_SCHEMA, _body(), "result")
+    document = _stamp(record, store.now())
+    outcome = store.insert_one(db.results(), "result_id", document, contract.RESULT_FIELDS)
+    return _answer("result", outcome, "result_id")
+
+
+@bp.post("/ingest/error")
+@require_key
+def ingest_error() -> ResponseReturnValue:
+    """Store one failed attempt exactly once, with its fingerprint."""
+    record = _load(FAILURE_SCHEMA, _body(), "error record")
+    document = {**_stamp(record, store.now()), "fingerprint": fingerprint(record)}
+    outcome = store.insert_one(db.errors(), "error_id", document, contract.ERROR_FIELDS)
+    return _answer("error", outcome, "error_id")
+
+
+def _batch_items(envelope: dict[str, Any]) -> list[Any]:
+    problems: dict[str, list[str]] = {
+        name: ["Unknown field."] for name in envelope if name != "results"
+    }
+    items = envelope.get("results")
+    if "results" not in envelope:
+        problems["results"] = ["Missing data for required field."]
+    elif not isinstance(items, list):
+        problems["results"] = ["Not a valid list."]
+    elif len(items) > contract.MAX_BATCH_ITEMS:
+        problems["results"] = [f"At most {contract.MAX_BATCH_ITEMS} items; split the batch."]
+    if problems:
+        raise _invalid(problems, "batch")
+    return items  # type: ignore[return-value]
+
+
+@bp.post("/ingest/batch")
+@require_key
+def ingest_batch() -> ResponseReturnValue:
+    """Store up to MAX_BATCH_ITEMS results; one status per item, in the order sent."""
+    items = _batch_items(_body())
+    answers: list[dict[str, Any]] = [{} for _ in items]
+    valid: list[tuple[int, dict[str, Any]]] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            answers[i] = {"status": "rejected", "errors": {"_schema": ["Not a JSON object."]}}
+            metrics.observe_rejection("validation_error")
+            continue
+        try:
+            valid.append((i, RESULT_SCHEMA.load(item)))
+        except ValidationError as exc:
+            answers[i] = {"status": "rejected", "errors": exc.messages}
+            if isinstance(item.get("result_id"), str):
+                answers[i]["result_id"] = item["result_id"]
+            metrics.observe_rejection("validation_error")
+    received_at = store.now()
+    documents = [_stamp(record, received_at) for _, record in valid]
+    outcomes = store.insert_many(db.results(), "result_id", documents, contract.RESULT_FIELDS)
+    counts: dict[str, int] = {}
+    for (i, _), outcome in zip(valid, outcomes, strict=True):
+        answers[i] = {"status": outcome.status, "result_id": outcome.record_id}
+        if outcome.differing:
+            answers[i]["differing_fields"] = list(outcome.differing)
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    for status, n in counts.items():
+        metrics.observe_write("result", status, n)
+    if counts.get(store.CREATED):
+        metrics.observe_stored(g.runner_id)
+    return jsonify({"results": answers}), 200
 
 
 @bp.get("/health")
@@ -21,6 +141,12 @@ def ready() -> ResponseReturnValue:
     """The database answers a ping within the time cap, else 503."""
     db.ping()
     return jsonify({"status": "ready"})
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> ResponseReturnValue:
+    """The OpenAPI document, generated from the schemas."""
+    return jsonify(openapi.document())
 
 
 def init_app(app: Flask) -> None:

@@ -14,7 +14,13 @@ import pymongo
 from flask import Flask, Response, current_app
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WTimeoutError
+from pymongo.errors import (
+    ConnectionFailure,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    WTimeoutError,
+)
 
 from . import metrics, settings
 from .errors import ApiError, error_response
@@ -24,16 +30,18 @@ log = logging.getLogger(__name__)
 
 EXTENSION = "bench_ingest.db"
 
+# MongoDB's default index names (result_id_1, ...), so an index someone already made by
+# hand with the same keys is recognised instead of clashing by name.
 RESULT_INDEXES = (
-    ([("result_id", 1)], {"unique": True, "name": "result_id_unique"}),
-    ([("provider", 1), ("model_name", 1), ("run_ts", -1)], {"name": "provider_model_run_ts"}),
-    ([("run_ts", -1)], {"name": "run_ts_desc"}),
+    ([("result_id", 1)], {"unique": True}),
+    ([("provider", 1), ("model_name", 1), ("run_ts", -1)], {}),
+    ([("run_ts", -1)], {}),
 )
 ERROR_INDEXES = (
-    ([("error_id", 1)], {"unique": True, "name": "error_id_unique"}),
-    ([("provider", 1), ("model_name", 1), ("ts", -1)], {"name": "provider_model_ts"}),
-    ([("ts", -1)], {"name": "ts_desc"}),
-    ([("fingerprint", 1), ("ts", -1)], {"name": "fingerprint_ts"}),
+    ([("error_id", 1)], {"unique": True}),
+    ([("provider", 1), ("model_name", 1), ("ts", -1)], {}),
+    ([("ts", -1)], {}),
+    ([("fingerprint", 1), ("ts", -1)], {}),
 )
 
 
@@ -114,7 +122,15 @@ def require_indexes() -> None:
     handle.get()
     if handle.indexes_ready:
         return
-    ensure_indexes(get_db(), settings.current())
+    try:
+        ensure_indexes(get_db(), settings.current())
+    except OperationFailure as exc:
+        if is_outage(exc):
+            raise
+        # E.g. a non-unique index on the id already exists, or stored duplicates block the
+        # unique one: writes must wait (503, the runner keeps them) until an operator fixes it.
+        log.error("cannot create the indexes writes depend on: %s", exc.details or exc)
+        raise unavailable(exc) from exc
     handle.indexes_ready = True
 
 

@@ -18,12 +18,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ingest_app import create_app
 from ingest_app.settings import Settings
+from runner.records import Failure, Result
 from tests.support.mongo import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,6 +37,34 @@ TEST_KEYS = {
 }
 # A key that may read (GET /results, /summary) but never write.
 TEST_READ_KEYS = {"dashboard": "kr-0123456789abcdefghijklmnopqrstuvwxyzAB"}
+
+
+def result_payload(**overrides: Any) -> dict[str, Any]:
+    """A valid POST /ingest body (fresh result_id, run_ts now), with fields overridden."""
+    now = datetime.now(UTC)
+    payload = Result(
+        provider="bedrock", model_name="sim.fast-v1", region="us-east-1",
+        run_ts=now - timedelta(seconds=2), gen_ts=now, output_tokens=64,
+        generate_time=1.5, tokens_per_second=42.667, input_tokens=18,
+        token_source="provider_usage", time_to_first_token=0.15,
+        time_to_first_any_token=0.15, decode_tokens_per_second=47.5, server_latency_ms=1400,
+        stop_reason="max_tokens", request_id="req-1", chunk_count=16,
+        benchmark_profile_id="cloud-default-v1", requested_tokens=64, temperature=0.1,
+    ).to_payload()
+    payload.update(overrides)
+    return payload
+
+
+def failure_payload(**overrides: Any) -> dict[str, Any]:
+    """A valid POST /ingest/error body (fresh error_id, ts now), with fields overridden."""
+    payload = Failure(
+        provider="bedrock", model_name="sim.retired-v1", ts=datetime.now(UTC), stage="call",
+        error_kind="model_unavailable", message="This model version has reached the end of "
+        "its life. Request id 9f1c2b7e-0d7a-4a53-9c7e-1f2e3d4c5b6a",
+        exc_type="ResourceNotFoundException", http_status=404, region="us-east-1",
+    ).to_payload()
+    payload.update(overrides)
+    return payload
 
 
 def keys_env(keys: dict[str, str]) -> str:

@@ -1,0 +1,266 @@
+"""What the write routes accept: marshmallow schemas for a result, a failure and a batch.
+
+Field names and limits come from bench_contract; a test checks these schemas hold
+exactly its fields. Loading yields the canonical stored form: timestamps as UTC
+datetimes at millisecond precision (what a BSON date keeps), UUIDs in lower case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+import bench_contract as contract
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer: no strings, no booleans, no floats, within 64 bits."""
+
+    default_error_messages = {
+        "invalid": "Not a valid integer.",
+        "range": "Integer out of the 64-bit range.",
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid")
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise self.make_error("range")
+        return value
+
+
+class StrictFloat(fields.Float):
+    """A finite JSON number (an integer is accepted and stored as a float), never a string."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_nan=False, **kwargs)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        number = float(value)
+        if not math.isfinite(number):
+            raise self.make_error("special")
+        return number
+
+
+class StrictString(fields.String):
+    """A JSON string without NUL characters."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in text:
+            raise ValidationError("Must not contain NUL characters.")
+        return text
+
+
+class UUIDString(fields.String):
+    """A UUID in its usual text form, stored in lower case."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not re.fullmatch(r"[0-9A-Fa-f]{8}-([0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}", text):
+            raise ValidationError("Not a valid UUID.")
+        return str(uuid.UUID(text))
+
+
+class Timestamp(fields.AwareDateTime):
+    """An RFC 3339 time with its offset, no more than 10 minutes ahead; loaded as UTC at ms."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(format="iso", **kwargs)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> datetime:
+        if not isinstance(value, str) or "T" not in value.upper():
+            raise ValidationError("Not an RFC 3339 date-time with a timezone.")
+        moment = super()._deserialize(value, attr, data, **kwargs).astimezone(UTC)
+        if moment > datetime.now(UTC) + timedelta(seconds=contract.MAX_FUTURE_SECONDS):
+            raise ValidationError(
+                f"Is more than {contract.MAX_FUTURE_SECONDS // 60} minutes in the future; "
+                "check the sender's clock."
+            )
+        # BSON dates keep milliseconds: store what the database will give back.
+        return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+class Misc(fields.Dict):
+    """A free-form object, at most MAX_MISC_BYTES as JSON, with keys MongoDB stores safely."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(keys=fields.String(), **kwargs)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> dict[str, Any]:
+        loaded = super()._deserialize(value, attr, data, **kwargs)
+        size = len(json.dumps(loaded, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > contract.MAX_MISC_BYTES:
+            raise ValidationError(f"Is {size} bytes; the limit is {contract.MAX_MISC_BYTES}.")
+        bad = _bad_keys(loaded)
+        if bad:
+            raise ValidationError(
+                f"Keys must not start with '$' or hold '.' or NUL: {', '.join(bad[:5])}."
+            )
+        return loaded
+
+
+def _bad_keys(value: Any, path: str = "") -> list[str]:
+    bad: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else key
+            if key.startswith("$") or "." in key or "\x00" in key:
+                bad.append(repr(where[:60]))
+            bad.extend(_bad_keys(item, where))
+    elif isinstance(value, list):
+        for item in value:
+            bad.extend(_bad_keys(item, path))
+    return bad
+
+
+def _text(max_chars: int, **kwargs: Any) -> StrictString:
+    return StrictString(validate=validate.Length(min=1, max=max_chars), **kwargs)
+
+
+_NON_NEGATIVE = validate.Range(min=0)
+
+
+class StrictSchema(Schema):
+    """Unknown fields are errors, named one by one; nothing is silently dropped."""
+
+    class Meta:
+        unknown = RAISE
+
+
+class ResultSchema(StrictSchema):
+    """One benchmark result (CONTRACT section 3)."""
+
+    result_id = UUIDString(required=True)
+    provider = StrictString(required=True, validate=validate.OneOf(contract.PROVIDERS))
+    model_name = _text(256, required=True)
+    run_ts = Timestamp(required=True)
+    output_tokens = StrictInteger(required=True, validate=_NON_NEGATIVE)
+    generate_time = StrictFloat(required=True, validate=_NON_NEGATIVE)
+    tokens_per_second = StrictFloat(required=True, validate=_NON_NEGATIVE)
+    region = _text(64)
+    gen_ts = Timestamp()
+    benchmark_profile_id = _text(128)
+    requested_tokens = StrictInteger(validate=validate.Range(min=1))
+    temperature = StrictFloat(allow_none=True, validate=validate.Range(min=0, max=2))
+    input_tokens = StrictInteger(validate=_NON_NEGATIVE)
+    token_source = StrictString(validate=validate.OneOf(contract.TOKEN_SOURCES))
+    time_to_first_token = StrictFloat(allow_none=True, validate=_NON_NEGATIVE)
+    time_to_first_any_token = StrictFloat(allow_none=True, validate=_NON_NEGATIVE)
+    decode_tokens_per_second = StrictFloat(allow_none=True, validate=_NON_NEGATIVE)
+    server_latency_ms = StrictInteger(allow_none=True, validate=_NON_NEGATIVE)
+    stop_reason = _text(64)
+    request_id = _text(128)
+    attempts = StrictInteger(validate=validate.Range(min=1))
+    chunk_count = StrictInteger(validate=_NON_NEGATIVE)
+    reasoning_tokens = StrictInteger(allow_none=True, validate=_NON_NEGATIVE)
+    metric_version = StrictInteger(validate=validate.Range(min=1))
+    runner_version = _text(64)
+    misc = Misc()
+
+
+class FailureSchema(StrictSchema):
+    """One failed attempt (CONTRACT section 4)."""
+
+    error_id = UUIDString(required=True)
+    provider = StrictString(required=True, validate=validate.OneOf(contract.PROVIDERS))
+    model_name = _text(256, required=True)
+    ts = Timestamp(required=True)
+    stage = StrictString(required=True, validate=validate.OneOf(contract.STAGES))
+    error_kind = StrictString(required=True, validate=validate.OneOf(contract.ERROR_KINDS))
+    message = _text(contract.MAX_MESSAGE_CHARS, required=True)
+    region = _text(64)
+    benchmark_profile_id = _text(128)
+    exc_type = _text(256)
+    provider_error_code = _text(128)
+    http_status = StrictInteger(validate=validate.Range(min=100, max=599))
+    request_id = _text(128)
+    attempts = StrictInteger(validate=_NON_NEGATIVE)
+    runner_version = _text(64)
+    misc = Misc()
+
+
+class BatchSchema(StrictSchema):
+    """`POST /ingest/batch`: up to MAX_BATCH_ITEMS results, each judged on its own."""
+
+    results = fields.List(
+        fields.Nested(ResultSchema),
+        required=True,
+        validate=validate.Length(max=contract.MAX_BATCH_ITEMS),
+    )
+
+
+class WriteAnswerSchema(Schema):
+    """The answer to a single write: created (201) or duplicate (200)."""
+
+    status = fields.String(validate=validate.OneOf(("created", "duplicate")))
+    duplicate = fields.Boolean()
+    result_id = fields.String(metadata={"description": "on POST /ingest"})
+    error_id = fields.String(metadata={"description": "on POST /ingest/error"})
+
+
+class BatchItemAnswerSchema(Schema):
+    """One batch item's fate, in the order sent."""
+
+    status = fields.String(
+        validate=validate.OneOf(("created", "duplicate", "conflict", "rejected"))
+    )
+    result_id = fields.String()
+    errors = fields.Dict(metadata={"description": "field -> messages, for rejected items"})
+
+
+class BatchAnswerSchema(Schema):
+    """The answer to a batch: one item per input, in order."""
+
+    results = fields.List(fields.Nested(BatchItemAnswerSchema))
+
+
+class ErrorBodySchema(Schema):
+    """The inside of every error answer."""
+
+    code = fields.String()
+    message = fields.String()
+    details = fields.Dict()
+    request_id = fields.String()
+
+
+class ErrorAnswerSchema(Schema):
+    """Every error answer: {"error": {...}}."""
+
+    error = fields.Nested(ErrorBodySchema)
+
+
+_ID_LIKE = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # UUIDs
+    r"|\b(?=[a-z0-9]*\d)[a-z0-9]{12,}\b"  # long tokens holding digits: request ids, hashes
+    r"|\d+(\.\d+)?",  # any other number
+    re.IGNORECASE,
+)
+
+
+def fingerprint(failure: dict[str, Any]) -> str:
+    """A stable hash of provider, model, stage, kind and the message without ids and numbers."""
+    message = _ID_LIKE.sub("#", failure["message"])
+    message = " ".join(message.split()).lower()
+    parts = [failure["provider"], failure["model_name"], failure["stage"],
+             failure["error_kind"], message]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+RESULT_SCHEMA = ResultSchema()
+FAILURE_SCHEMA = FailureSchema()

@@ -1,0 +1,110 @@
+"""The write path: insert records exactly once, telling a resend from a conflicting reuse of an id.
+
+The unique index on the id field does the deciding: an insert either lands or
+fails with a duplicate-key error, after which the stored document is compared
+with the new one (server-added fields and nulls aside) to answer duplicate or
+conflict. The stored document is never modified.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from . import db, metrics
+from .errors import ApiError
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_KEY = 11000
+
+CREATED = "created"
+DUPLICATE = "duplicate"
+CONFLICT = "conflict"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one record: created, duplicate, or conflict (with the differing fields)."""
+
+    status: str
+    record_id: str
+    differing: tuple[str, ...] = field(default=())
+
+
+def now() -> datetime:
+    """The current UTC time at the millisecond precision a BSON date keeps."""
+    moment = datetime.now(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def canonical(document: dict[str, Any], fields: Iterable[str]) -> dict[str, Any]:
+    """The content that identity is judged on: the contract's fields, nulls left out."""
+    return {name: document[name] for name in fields if document.get(name) is not None}
+
+
+def _judge(new: dict[str, Any], stored: dict[str, Any] | None, id_field: str,
+           fields: Sequence[str]) -> Outcome:
+    record_id = new[id_field]
+    if stored is None:
+        # Only possible if the stored document was deleted between insert and read.
+        raise ApiError(503, "database_unavailable", "The write raced a deletion; retry.",
+                       headers={"Retry-After": "1"})
+    mine, theirs = canonical(new, fields), canonical(stored, fields)
+    if mine == theirs:
+        return Outcome(DUPLICATE, record_id)
+    differing = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    log.info("conflict on %s=%s fields=%s", id_field, record_id, ",".join(differing))
+    return Outcome(CONFLICT, record_id, tuple(differing))
+
+
+def insert_one(collection: Collection, id_field: str, document: dict[str, Any],
+               fields: Sequence[str]) -> Outcome:
+    """Store one document unless its id is taken; acknowledged by the database before returning."""
+    with db.bounded():
+        db.require_indexes()
+        try:
+            with metrics.WRITE_LATENCY.time():
+                collection.insert_one(dict(document))
+            return Outcome(CREATED, document[id_field])
+        except DuplicateKeyError:
+            stored = collection.find_one({id_field: document[id_field]}, {"_id": False})
+    return _judge(document, stored, id_field, fields)
+
+
+def insert_many(collection: Collection, id_field: str, documents: Sequence[dict[str, Any]],
+                fields: Sequence[str]) -> list[Outcome]:
+    """Store each document unless its id is taken; one outcome per document, in order."""
+    if not documents:
+        return []
+    taken: set[int] = set()
+    with db.bounded():
+        db.require_indexes()
+        try:
+            with metrics.WRITE_LATENCY.time():
+                collection.insert_many([dict(d) for d in documents], ordered=False)
+        except BulkWriteError as exc:
+            details = exc.details or {}
+            others = [e for e in details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
+            if others or details.get("writeConcernErrors"):
+                raise
+            taken = {e["index"] for e in details.get("writeErrors", [])}
+        stored_by_id: dict[str, dict[str, Any]] = {}
+        if taken:
+            ids = list({documents[i][id_field] for i in taken})
+            for stored in collection.find({id_field: {"$in": ids}}, {"_id": False}):
+                stored_by_id[stored[id_field]] = stored
+    outcomes = []
+    for i, document in enumerate(documents):
+        if i in taken:
+            outcomes.append(_judge(document, stored_by_id.get(document[id_field]), id_field,
+                                   fields))
+        else:
+            outcomes.append(Outcome(CREATED, document[id_field]))
+    return outcomes
