@@ -1,0 +1,444 @@
+"""Measure one Amazon Bedrock model with ConverseStream, as CONTRACT section 3 defines it.
+
+One long-lived bedrock-runtime client per provider (thread-safe, pool at least the
+concurrency), botocore's retries off, and the connections warmed before any timer
+runs. The clock starts when botocore hands the signed request to the HTTP layer,
+so client-side serialisation and signing are not in any figure, and stops at the
+end of the stream. A retried attempt is the runner's own decision: each attempt is
+timed on its own and counted, and only the final attempt's figures are reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .failures import CallDeadlineExceeded, Classification, classify
+from .provider import CatalogEntry, SetupError
+from .records import Failure, Profile, Result
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "bedrock"
+WARM_MODEL_ID = "bench-runner-connection-warm-up"
+# Codes that mean the credentials themselves were refused, whatever the model.
+_CREDENTIAL_CODES = frozenset({
+    "UnrecognizedClientException", "InvalidSignatureException", "ExpiredTokenException",
+    "IncompleteSignatureException", "MissingAuthenticationTokenException",
+    "InvalidClientTokenId", "SignatureDoesNotMatch",
+})
+_EARLIER_MESSAGE_CHARS = 300
+
+
+@dataclass
+class _Stream:
+    """What one attempt saw, in perf_counter seconds."""
+
+    sent: float
+    run_ts: datetime
+    request_id: str | None = None
+    first_text: float | None = None
+    first_any: float | None = None
+    last_delta: float | None = None
+    end: float | None = None
+    chunks: int = 0
+    reasoning_chunks: int = 0
+    stop_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    latency_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class _AttemptFailed:
+    classification: Classification
+    stage: str
+    run_ts: datetime
+    request_id: str | None
+
+
+class BedrockProvider:
+    """Amazon Bedrock through boto3's ConverseStream."""
+
+    name = PROVIDER
+
+    def __init__(self, *, region: str | None = None, concurrency: int = 1,
+                 call_timeout: float = 120.0, retries: int = 2,
+                 connect_timeout: float = 10.0, read_timeout: float = 60.0,
+                 backoff: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.region = region
+        self.concurrency = max(1, concurrency)
+        self.call_timeout = call_timeout
+        self.retries = max(0, retries)
+        self.connect_timeout = connect_timeout
+        # A single socket read can never outlast the whole call's cap.
+        self.read_timeout = min(read_timeout, call_timeout)
+        self.backoff = backoff
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._session: boto3.session.Session | None = None
+        self._credentials: Any = None
+        self._runtime: Any = None
+        self._control: Any = None
+        self._sent = threading.local()
+
+    # Set-up
+
+    def warm(self) -> None:
+        """Create the client, resolve credentials and open `concurrency` warm connections."""
+        with self._lock:
+            if self._runtime is not None:
+                return
+            session = self._resolve_session()
+            try:
+                runtime = session.client("bedrock-runtime", config=self._config())
+            except BotoCoreError as exc:
+                raise SetupError(f"Cannot create a Bedrock client in {self.region}: {exc}") \
+                    from exc
+            runtime.meta.events.register("before-send.bedrock-runtime.ConverseStream",
+                                         self._mark_sent)
+            self._runtime = runtime
+        self._warm_connections(self.concurrency, strict=True)
+        log.info("bedrock ready: region=%s endpoint=%s connections=%d", self.region,
+                 self._runtime.meta.endpoint_url, self.concurrency)
+
+    def _resolve_session(self) -> boto3.session.Session:
+        if self._session is not None:
+            return self._session
+        try:
+            session = boto3.session.Session(region_name=self.region)
+            credentials = session.get_credentials()
+            frozen = credentials.get_frozen_credentials() if credentials else None
+        except BotoCoreError as exc:
+            raise SetupError(f"Cannot load AWS credentials: {exc}") from exc
+        if not session.region_name:
+            raise SetupError("No AWS region: pass --region or set AWS_REGION.")
+        if frozen is None or not frozen.access_key:
+            raise SetupError(
+                "No AWS credentials found: on EC2 attach an instance role; elsewhere set "
+                "AWS_PROFILE or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.")
+        self.region = session.region_name
+        self._session, self._credentials = session, credentials
+        return session
+
+    def _config(self) -> Config:
+        return Config(
+            region_name=self.region,
+            # botocore would retry throttling and 5xx inside the timed call.
+            retries={"mode": "standard", "total_max_attempts": 1},
+            # Fewer pooled connections than threads means handshakes inside TTFT.
+            max_pool_connections=max(10, self.concurrency),
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            tcp_keepalive=True,
+        )
+
+    def _warm_connections(self, count: int, *, strict: bool) -> None:
+        """Make `count` overlapping cheap calls so the pool holds that many open connections."""
+        barrier = threading.Barrier(count)
+
+        def call() -> None:
+            if count > 1:
+                barrier.wait(timeout=10)
+            self._warm_call(strict=strict)
+
+        if count == 1:
+            call()
+            return
+        with ThreadPoolExecutor(max_workers=count, thread_name_prefix="bedrock-warm") as pool:
+            for future in [pool.submit(call) for _ in range(count)]:
+                future.result()
+
+    def _warm_call(self, *, strict: bool) -> None:
+        # An unknown model id is refused (400) without being billed, after the TLS
+        # handshake and authentication: the connection stays open in the pool.
+        try:
+            self._runtime.converse(modelId=WARM_MODEL_ID,
+                                   messages=[{"role": "user", "content": [{"text": "."}]}])
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if strict and code in _CREDENTIAL_CODES:
+                raise SetupError(f"AWS refused the credentials ({code}): check the instance "
+                                 f"role or the configured keys.") from exc
+        except BotoCoreError as exc:
+            if strict:
+                raise SetupError(f"Cannot reach Bedrock at {self._runtime.meta.endpoint_url}: "
+                                 f"{exc}") from exc
+            log.warning("bedrock connection warm-up failed: %s", exc)
+
+    def _mark_sent(self, **_: Any) -> None:
+        """botocore's before-send hook: the request leaves now."""
+        self._sent.at = time.perf_counter()
+        self._sent.wall = datetime.now(UTC)
+
+    # Measuring
+
+    def measure(self, model_id: str, profile: Profile) -> Result | Failure:
+        """Measure one model, retrying throttling, transient faults and timeouts a few times."""
+        self.warm()
+        earlier: list[dict[str, Any]] = []
+        first_ts: datetime | None = None
+        attempt = 0
+        while True:
+            attempt += 1
+            outcome = self._attempt(model_id, profile)
+            if isinstance(outcome, _Stream):
+                verdict = self._judge(model_id, profile, outcome, attempt, earlier)
+                if isinstance(verdict, Result):
+                    return verdict
+                outcome = verdict
+            first_ts = first_ts or outcome.run_ts
+            c = outcome.classification
+            if c.kind != "budget_exhausted":
+                # A broken attempt may have taken its connection with it.
+                self._warm_connections(1, strict=False)
+            if not c.retryable or attempt > self.retries:
+                log.warning("bedrock %s failed: kind=%s code=%s attempts=%d", model_id, c.kind,
+                            c.code or c.exc_type, attempt)
+                return self._failure(model_id, profile, outcome, first_ts, attempt, earlier)
+            delay = self._backoff_delay(attempt, c.kind)
+            log.warning("bedrock %s attempt %d %s (%s); retrying in %.2f s", model_id, attempt,
+                        c.kind, c.code or c.exc_type, delay)
+            earlier.append(_summary(outcome, attempt))
+            self._sleep(delay)
+
+    def _attempt(self, model_id: str, profile: Profile) -> _Stream | _AttemptFailed:
+        """One timed ConverseStream call; a failure is returned with its stage."""
+        inference: dict[str, Any] = {"maxTokens": profile.max_tokens}
+        if profile.temperature is not None:
+            inference["temperature"] = profile.temperature
+        # Refresh near-expiry credentials (instance role) here, not inside the call.
+        self._credentials.get_frozen_credentials()
+        self._sent.at = None
+        called_wall, called = datetime.now(UTC), time.perf_counter()
+        stage, request_id, stream, seen = "call", None, None, None
+        try:
+            response = self._runtime.converse_stream(
+                modelId=model_id,
+                messages=[{"role": "user", "content": [{"text": profile.prompt}]}],
+                inferenceConfig=inference,
+            )
+            seen = _Stream(sent=self._sent.at or called,
+                           run_ts=self._sent.wall if self._sent.at else called_wall)
+            deadline = seen.sent + self.call_timeout
+            request_id = seen.request_id = response["ResponseMetadata"].get("RequestId")
+            stream, stage = response["stream"], "stream"
+            for event in stream:
+                now = time.perf_counter()
+                _record(seen, event, now)
+                if now > deadline:
+                    raise CallDeadlineExceeded(
+                        f"the stream was still running after {self.call_timeout:g} s")
+            seen.end = time.perf_counter()
+            return seen
+        except Exception as exc:  # noqa: BLE001 - every failure of a call becomes a record
+            sent_wall = seen.run_ts if seen else (self._sent.wall if self._sent.at
+                                                  else called_wall)
+            c = classify(exc, model_id=model_id)
+            return _AttemptFailed(c, stage, sent_wall, c.request_id or request_id)
+        finally:
+            if stream is not None:
+                stream.close()
+
+    def _judge(self, model_id: str, profile: Profile, seen: _Stream, attempts: int,
+               earlier: list[dict[str, Any]]) -> Result | _AttemptFailed:
+        """Turn a complete stream into a Result, or a failure when it cannot be one."""
+        if seen.stop_reason is None:
+            return _AttemptFailed(
+                Classification("transient", "the stream ended without messageStop",
+                               "IncompleteStream", request_id=seen.request_id),
+                "stream", seen.run_ts, seen.request_id)
+        if seen.first_text is None and seen.stop_reason == "max_tokens":
+            return _AttemptFailed(
+                Classification(
+                    "budget_exhausted",
+                    f"{model_id} spent the whole budget of {profile.max_tokens} tokens "
+                    f"({seen.reasoning_chunks} reasoning deltas) without visible text; "
+                    f"raise --max-tokens for reasoning models",
+                    "BudgetExhausted", request_id=seen.request_id),
+                "stream", seen.run_ts, seen.request_id)
+        assert seen.end is not None
+        usage = seen.usage or {}
+        if isinstance(usage.get("outputTokens"), int):
+            output_tokens, token_source = usage["outputTokens"], "provider_usage"
+        else:
+            output_tokens, token_source = seen.chunks, "stream_chunks"
+        generate_time = seen.end - seen.sent
+        decode = None
+        if seen.first_any is not None and seen.last_delta is not None \
+                and output_tokens > 1 and seen.last_delta > seen.first_any:
+            decode = (output_tokens - 1) / (seen.last_delta - seen.first_any)
+        misc: dict[str, Any] = {}
+        if seen.reasoning_chunks:
+            misc["reasoning_chunks"] = seen.reasoning_chunks
+        if earlier:
+            misc["earlier_attempts"] = earlier
+        return Result(
+            provider=PROVIDER,
+            model_name=model_id,
+            run_ts=seen.run_ts,
+            gen_ts=seen.run_ts + timedelta(seconds=generate_time),
+            output_tokens=output_tokens,
+            generate_time=generate_time,
+            tokens_per_second=output_tokens / generate_time,
+            region=self.region,
+            benchmark_profile_id=profile.profile_id,
+            requested_tokens=profile.max_tokens,
+            temperature=profile.temperature,
+            input_tokens=usage.get("inputTokens"),
+            token_source=token_source,
+            time_to_first_token=_since(seen.first_text, seen.sent),
+            time_to_first_any_token=_since(seen.first_any, seen.sent),
+            decode_tokens_per_second=decode,
+            server_latency_ms=seen.latency_ms,
+            stop_reason=seen.stop_reason,
+            request_id=seen.request_id,
+            attempts=attempts,
+            chunk_count=seen.chunks,
+            misc=misc or None,
+        )
+
+    def _failure(self, model_id: str, profile: Profile, failed: _AttemptFailed,
+                 first_ts: datetime, attempts: int, earlier: list[dict[str, Any]]) -> Failure:
+        c = failed.classification
+        misc: dict[str, Any] = {}
+        if c.hint:
+            misc["hint"] = c.hint
+        if earlier:
+            misc["earlier_attempts"] = earlier
+        return Failure(
+            provider=PROVIDER, model_name=model_id, ts=first_ts, stage=failed.stage,
+            error_kind=c.kind, message=c.message, region=self.region,
+            benchmark_profile_id=profile.profile_id, exc_type=c.exc_type,
+            provider_error_code=c.code, http_status=c.http_status,
+            request_id=failed.request_id, attempts=attempts, misc=misc or None,
+        )
+
+    def _backoff_delay(self, attempt: int, kind: str) -> float:
+        """Exponential backoff with jitter; throttling waits twice as long."""
+        base = self.backoff * (2 if kind == "throttled" else 1) * 2 ** (attempt - 1)
+        return base / 2 + random.uniform(0, base / 2)  # noqa: S311 - jitter, not security
+
+    # Catalogue
+
+    def catalogue(self) -> list[CatalogEntry]:
+        """Foundation models with streamed text output, then system inference profiles."""
+        with self._lock:
+            session = self._resolve_session()
+            if self._control is None:
+                try:
+                    self._control = session.client("bedrock", config=self._config())
+                except BotoCoreError as exc:
+                    raise SetupError(f"Cannot create a Bedrock client in {self.region}: "
+                                     f"{exc}") from exc
+        try:
+            models = self._control.list_foundation_models()["modelSummaries"]
+            profiles = self._list_profiles()
+        except (ClientError, BotoCoreError) as exc:
+            c = classify(exc)
+            raise SetupError(f"Cannot list the Bedrock catalogue in {self.region} "
+                             f"({c.kind}): {c.message}") from exc
+        return _catalogue(models, profiles)
+
+    def _list_profiles(self) -> list[dict[str, Any]]:
+        profiles: list[dict[str, Any]] = []
+        token = None
+        while True:
+            args: dict[str, Any] = {"typeEquals": "SYSTEM_DEFINED", "maxResults": 100}
+            if token:
+                args["nextToken"] = token
+            page = self._control.list_inference_profiles(**args)
+            profiles.extend(page.get("inferenceProfileSummaries", []))
+            token = page.get("nextToken")
+            if not token:
+                return profiles
+
+    def close(self) -> None:
+        """Close the clients and their pooled connections."""
+        with self._lock:
+            for client in (self._runtime, self._control):
+                if client is not None:
+                    client.close()
+            self._runtime = self._control = None
+
+
+def _record(seen: _Stream, event: dict[str, Any], now: float) -> None:
+    """Fold one stream event into what the attempt saw."""
+    if "contentBlockDelta" in event:
+        delta = event["contentBlockDelta"].get("delta", {})
+        text = delta.get("text")
+        reasoning = (delta.get("reasoningContent") or {}).get("text")
+        # Empty deltas and signature-only reasoning deltas carry no token.
+        if text:
+            seen.chunks += 1
+            if seen.first_text is None:
+                seen.first_text = now
+        elif reasoning:
+            seen.chunks += 1
+            seen.reasoning_chunks += 1
+        else:
+            return
+        if seen.first_any is None:
+            seen.first_any = now
+        seen.last_delta = now
+    elif "messageStop" in event:
+        seen.stop_reason = event["messageStop"].get("stopReason")
+    elif "metadata" in event:
+        metadata = event["metadata"]
+        seen.usage = metadata.get("usage")
+        latency = (metadata.get("metrics") or {}).get("latencyMs")
+        seen.latency_ms = int(latency) if isinstance(latency, int | float) else None
+
+
+def _since(t: float | None, start: float) -> float | None:
+    return None if t is None else t - start
+
+
+def _summary(failed: _AttemptFailed, attempt: int) -> dict[str, Any]:
+    """A retried attempt, kept in the final record so no attempt goes unrecorded."""
+    c = failed.classification
+    return {"attempt": attempt, "error_kind": c.kind, "stage": failed.stage,
+            "code": c.code or c.exc_type, "http_status": c.http_status,
+            "request_id": failed.request_id, "ts": failed.run_ts.isoformat(),
+            "message": c.message[:_EARLIER_MESSAGE_CHARS]}
+
+
+def _catalogue(models: list[dict[str, Any]],
+               profiles: list[dict[str, Any]]) -> list[CatalogEntry]:
+    """Catalogue entries from the control plane's two listings."""
+    by_arn = {m.get("modelArn"): m for m in models}
+    entries: list[CatalogEntry] = []
+    for m in sorted(models, key=lambda m: (m.get("providerName", ""), m["modelId"])):
+        if "TEXT" not in m.get("outputModalities", []) or not m.get("responseStreamingSupported"):
+            continue
+        entries.append(CatalogEntry(
+            model_id=m["modelId"], name=m.get("modelName") or m["modelId"],
+            vendor=m.get("providerName", ""), kind="foundation", streaming=True,
+            needs_profile="ON_DEMAND" not in m.get("inferenceTypesSupported", []),
+            status=(m.get("modelLifecycle") or {}).get("status", "UNKNOWN"),
+        ))
+    for p in sorted(profiles, key=lambda p: p["inferenceProfileId"]):
+        bases = [by_arn.get(ref.get("modelArn")) for ref in p.get("models", [])]
+        known = [b for b in bases if b]
+        if known and not any("TEXT" in b.get("outputModalities", []) for b in known):
+            continue
+        entries.append(CatalogEntry(
+            model_id=p["inferenceProfileId"], name=p.get("inferenceProfileName") or
+            p["inferenceProfileId"], vendor=known[0].get("providerName", "") if known else "",
+            kind="inference-profile",
+            streaming=all(b.get("responseStreamingSupported", True) for b in known),
+            needs_profile=False, status=p.get("status", "UNKNOWN"),
+        ))
+    return entries
+
+

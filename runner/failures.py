@@ -1,0 +1,175 @@
+"""Classify what went wrong in a call into the failure kinds of CONTRACT section 4.
+
+The SDK's exception name and error code decide first, then the HTTP status, and
+only then the message text. No SDK import here: exceptions are recognised by the
+names in their class hierarchy, so the same rules hold for botocore's wrappers
+and for the raw urllib3 errors that escape while a stream is being read.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+RETRYABLE_KINDS = frozenset({"throttled", "transient", "timeout"})
+
+
+class CallDeadlineExceeded(TimeoutError):
+    """The runner's own cap on one call was reached while the stream was still going."""
+
+
+@dataclass(frozen=True)
+class Classification:
+    """What a failed call was, in the contract's words."""
+
+    kind: str
+    message: str
+    exc_type: str
+    code: str | None = None
+    http_status: int | None = None
+    request_id: str | None = None
+    hint: str | None = None
+
+    @property
+    def retryable(self) -> bool:
+        """Whether another attempt may succeed (throttling, a transient fault, a timeout)."""
+        return self.kind in RETRYABLE_KINDS
+
+
+# Error codes, lower-cased without the "Exception" suffix; mid-stream codes are camelCase.
+_CODE_KINDS = {
+    "throttling": "throttled",
+    "toomanyrequests": "throttled",
+    "throttled": "throttled",
+    "requestlimitexceeded": "throttled",
+    "servicequotaexceeded": "throttled",
+    "limitexceeded": "throttled",
+    "accessdenied": "auth",
+    "unrecognizedclient": "auth",
+    "invalidsignature": "auth",
+    "signaturedoesnotmatch": "auth",
+    "incompletesignature": "auth",
+    "expiredtoken": "auth",
+    "invalidclienttokenid": "auth",
+    "missingauthenticationtoken": "auth",
+    "unauthorized": "auth",
+    "resourcenotfound": "model_unavailable",
+    "validation": "invalid_request",
+    "serialization": "invalid_request",
+    "badrequest": "invalid_request",
+    "modelnotready": "transient",
+    "serviceunavailable": "transient",
+    "internalserver": "transient",
+    "internalfailure": "transient",
+    "modelerror": "transient",
+    "modelstreamerror": "transient",
+    "modeltimeout": "timeout",
+    "requesttimeout": "timeout",
+}
+
+# Exception class names (anywhere in the hierarchy), most specific first by MRO order.
+_NAME_KINDS = {
+    "CallDeadlineExceeded": "timeout",
+    "ReadTimeoutError": "timeout",
+    "ConnectTimeoutError": "timeout",
+    "ReadTimeout": "timeout",
+    "ConnectTimeout": "timeout",
+    "TimeoutError": "timeout",
+    "timeout": "timeout",
+    "NoCredentialsError": "auth",
+    "PartialCredentialsError": "auth",
+    "CredentialRetrievalError": "auth",
+    "TokenRetrievalError": "auth",
+    "UnauthorizedSSOTokenError": "auth",
+    "ParamValidationError": "invalid_request",
+    "NoRegionError": "invalid_request",
+    "ChecksumMismatch": "transient",
+    "ParserError": "transient",
+    "EndpointConnectionError": "transient",
+    "ConnectionClosedError": "transient",
+    "ResponseStreamingError": "transient",
+    "IncompleteReadError": "transient",
+    "IncompleteRead": "transient",
+    "ProtocolError": "transient",
+    "HTTPClientError": "transient",
+    "ConnectionError": "transient",
+}
+
+_END_OF_LIFE = re.compile(r"end[ -]of[ -](its )?life|no longer (available|supported)", re.I)
+_ON_DEMAND = re.compile(r"on-demand throughput is(n['\u2019]t| not) supported", re.I)
+_TEXT_KINDS = (
+    (re.compile(r"throttl|too many requests|rate exceeded", re.I), "throttled"),
+    (re.compile(r"timed? ?out", re.I), "timeout"),
+    (re.compile(r"access denied|not authori[sz]ed|forbidden", re.I), "auth"),
+)
+_SECRETS = (
+    re.compile(r"(x-amz-security-token[:=]\s*)\S+", re.I),
+    re.compile(r"(Signature=)[0-9a-f]+", re.I),
+    re.compile(r"()\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),
+)
+
+
+def profile_hint(model_id: str | None) -> str:
+    """The advice for a model that refuses on-demand calls by its bare id."""
+    example = f"us.{model_id}" if model_id else "us.<model id>"
+    return (f"this model needs an inference profile: use a profile id such as "
+            f"'{example}' (bench-runner models lists them)")
+
+
+def redact(text: str) -> str:
+    """Remove session tokens, signatures and access key ids that an SDK message may echo."""
+    for pattern in _SECRETS:
+        text = pattern.sub(r"\1[redacted]", text)
+    return text
+
+
+def classify(exc: BaseException, *, model_id: str | None = None) -> Classification:
+    """Classify an exception raised by a call or while reading its stream."""
+    names = [cls.__name__ for cls in type(exc).__mro__]
+    response: dict[str, Any] = getattr(exc, "response", None) or {}
+    error = response.get("Error") or {}
+    meta = response.get("ResponseMetadata") or {}
+    code = error.get("Code") or None
+    status = meta.get("HTTPStatusCode")
+    sdk_message = error.get("Message") or str(exc) or names[0]
+    message = redact(str(exc) or sdk_message)
+
+    kind = _kind(names, code, status, sdk_message)
+    hint = None
+    if _END_OF_LIFE.search(sdk_message):
+        kind = "model_unavailable"
+    elif _ON_DEMAND.search(sdk_message):
+        kind = "invalid_request"
+        hint = profile_hint(model_id)
+        message = f"{message} Hint: {hint}."
+    return Classification(kind=kind, message=message, exc_type=names[0], code=code,
+                          http_status=status if isinstance(status, int) else None,
+                          request_id=meta.get("RequestId") or None, hint=hint)
+
+
+def _kind(names: list[str], code: str | None, status: Any, message: str) -> str:
+    if code:
+        key = code.split(":")[0].strip().lower().removesuffix("exception")
+        if key in _CODE_KINDS:
+            return _CODE_KINDS[key]
+    for name in names:
+        if name in _NAME_KINDS:
+            return _NAME_KINDS[name]
+    if isinstance(status, int):
+        if status == 429:
+            return "throttled"
+        if status in (401, 403):
+            return "auth"
+        if status == 404:
+            return "model_unavailable"
+        if status in (408, 504):
+            return "timeout"
+        if status >= 500:
+            return "transient"
+        if status in (400, 422):
+            return "invalid_request"
+    for pattern, kind in _TEXT_KINDS:
+        if pattern.search(message):
+            return kind
+    return "unknown"
