@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -155,19 +156,31 @@ def summary() -> ResponseReturnValue:
     }))
 
 
+@dataclass(frozen=True)
+class Sparkline:
+    """An SVG polyline of tok/s over the window and the range its height spans."""
+
+    points: str
+    low: float | None
+    high: float | None
+
+
 def sparkline(series: Sequence[tuple[datetime, float]], since: datetime,
-              until: datetime) -> str:
-    """SVG polyline points for tok/s over the window, scaled to the chart's box."""
+              until: datetime) -> Sparkline:
+    """Scale tok/s over the window into the chart's box, lowest to highest value."""
     span = (until - since).total_seconds() or 1.0
     values = [v for _, v in series]
-    top = max(values, default=0.0) or 1.0
+    if not values:
+        return Sparkline("", None, None)
+    low, high = min(values), max(values)
     inner_w, inner_h = SPARK_WIDTH - 2 * SPARK_PAD, SPARK_HEIGHT - 2 * SPARK_PAD
     points = []
     for ts, value in series:
         x = SPARK_PAD + inner_w * min(1.0, max(0.0, (ts - since).total_seconds() / span))
-        y = SPARK_PAD + inner_h * (1 - value / top)
-        points.append(f"{x:.1f},{y:.1f}")
-    return " ".join(points)
+        # A flat series sits mid-height rather than on an edge.
+        share = (value - low) / (high - low) if high > low else 0.5
+        points.append(f"{x:.1f},{SPARK_PAD + inner_h * (1 - share):.1f}")
+    return Sparkline(" ".join(points), low, high)
 
 
 def redact(message: str, secrets: Iterable[str]) -> str:
