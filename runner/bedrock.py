@@ -108,7 +108,11 @@ class BedrockProvider:
             runtime.meta.events.register("before-send.bedrock-runtime.ConverseStream",
                                          self._mark_sent)
             self._runtime = runtime
-        self._warm_connections(self.concurrency, strict=True)
+        try:
+            self._warm_connections(self.concurrency, strict=True)
+        except SetupError:
+            self.close()
+            raise
         log.info("bedrock ready: region=%s endpoint=%s connections=%d", self.region,
                  self._runtime.meta.endpoint_url, self.concurrency)
 

@@ -261,12 +261,12 @@ class SimulatorServer(ThreadingHTTPServer):
             return self.calls[model_id]
 
     def count_connection(self) -> None:
-        """Count an accepted connection (tests check the runner reuses its warm one)."""
+        """Count a connection that carried a Bedrock request (the runner should reuse them)."""
         with self._lock:
             self.connections += 1
 
     def stats(self) -> dict[str, Any]:
-        """Calls per model and connections accepted so far."""
+        """Calls per model and connections used so far."""
         with self._lock:
             return {"calls": dict(self.calls), "connections": self.connections}
 
@@ -283,9 +283,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     _RUNTIME = re.compile(r"^/model/(?P<model>[^/]+)/(?P<op>converse-stream|converse)$")
 
-    def setup(self) -> None:
-        super().setup()
-        self.server.count_connection()
+    _counted = False
+
+    def _note_connection(self) -> None:
+        # Counted at its first Bedrock request, so probes and stats calls do not count.
+        if not self._counted:
+            self._counted = True
+            self.server.count_connection()
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("simulator %s", format % args)
@@ -294,6 +298,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
+        if parts.path != "/_simulator/stats":
+            self._note_connection()
         if parts.path == "/foundation-models":
             self._send_json(200, {"modelSummaries": self._foundation_models()})
         elif parts.path == "/inference-profiles":
@@ -305,6 +311,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         received = time.perf_counter()
+        self._note_connection()
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         match = self._RUNTIME.match(urlsplit(self.path).path)
         if not match:

@@ -31,7 +31,7 @@ class SimulatorHandle:
     proc: subprocess.Popen = field(repr=False)
 
     def stats(self) -> dict[str, Any]:
-        """Calls per model and connections accepted, as the simulator counted them."""
+        """Calls per model and connections that carried Bedrock requests."""
         with urllib.request.urlopen(f"{self.url}/_simulator/stats", timeout=5) as answer:
             return json.load(answer)
 
