@@ -1,0 +1,215 @@
+"""Bad input is refused with the right status and nothing is stored (RELIABILITY rows 15-19)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+import bench_contract as contract
+from tests.support.ingest import failure_payload, result_payload
+
+JSON = {"Content-Type": "application/json"}
+
+
+def post_raw(client, auth_headers, body: bytes, headers: dict | None = None, route="/ingest"):
+    """POST raw bytes as the body."""
+    return client.post(route, data=body, headers={**auth_headers, **(headers or JSON)})
+
+
+def assert_nothing_stored(mongo_db):
+    assert mongo_db["metrics_cloud_v2"].count_documents({}) == 0
+    assert mongo_db["errors_cloud"].count_documents({}) == 0
+
+
+def valid_body() -> str:
+    return json.dumps(result_payload())
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"", "empty"),
+        (b"   ", "empty"),
+        (valid_body().encode()[:-7], "truncated"),
+        (valid_body().encode() + b" junk", "trailing junk"),
+        (valid_body().encode() + b"{}", "trailing object"),
+        (b"[]", "array"),
+        (b"[" + valid_body().encode() + b"]", "array of results"),
+        (b'"a string"', "string"),
+        (b"null", "null"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (valid_body().replace("sim.fast-v1", "sim.fast-v1\udcff").encode("utf-8", "surrogatepass"),
+         "surrogate"),
+        (b'{"a": 1, "a": 2}', "duplicate key"),
+        (valid_body().replace('"output_tokens": 64', '"output_tokens": NaN').encode(), "NaN"),
+        (valid_body().replace('"generate_time": 1.5', '"generate_time": Infinity').encode(),
+         "Infinity"),
+        (valid_body().replace('"generate_time": 1.5', '"generate_time": -Infinity').encode(),
+         "-Infinity"),
+        (valid_body().replace('"generate_time": 1.5', '"generate_time": 1e999').encode(),
+         "overflowing float"),
+        (valid_body().replace('"output_tokens": 64', '"output_tokens": 9223372036854775808')
+         .encode(), "beyond int64"),
+        (valid_body().replace('"output_tokens": 64', '"output_tokens": ' + "9" * 5000).encode(),
+         "absurdly long integer"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"misc": {"x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}}", "nested object"),
+    ],
+)
+def test_malformed_json_is_refused_with_400(client, auth_headers, mongo_db, body, why):
+    answer = post_raw(client, auth_headers, body)
+    assert answer.status_code == 400, why
+    assert answer.get_json()["error"]["code"] == "invalid_json"
+    assert_nothing_stored(mongo_db)
+
+
+def test_error_route_refuses_nan_too(client, auth_headers, mongo_db):
+    body = json.dumps(failure_payload()).replace('"attempts": 1', '"attempts": NaN').encode()
+    assert post_raw(client, auth_headers, body, route="/ingest/error").status_code == 400
+    assert_nothing_stored(mongo_db)
+
+
+def test_batch_with_nan_in_one_item_is_refused_whole(client, auth_headers, mongo_db):
+    items = [valid_body(), valid_body().replace('"generate_time": 1.5', '"generate_time": NaN')]
+    body = ('{"results": [' + ",".join(items) + "]}").encode()
+    assert post_raw(client, auth_headers, body, route="/ingest/batch").status_code == 400
+    assert_nothing_stored(mongo_db)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Content-Type": "text/plain"},
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        {"Content-Type": "application/json; charset=latin-1"},
+        {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        {"Content-Type": "application/json", "Content-Encoding": "deflate"},
+    ],
+)
+def test_wrong_media_type_or_encoding_is_refused_with_415(client, auth_headers, mongo_db,
+                                                          headers):
+    body = valid_body().encode()
+    if headers.get("Content-Encoding") == "gzip":
+        body = gzip.compress(body)
+    answer = client.post("/ingest", data=body, headers={**auth_headers, **headers})
+    assert answer.status_code == 415
+    assert answer.get_json()["error"]["code"] == "unsupported_media_type"
+    assert_nothing_stored(mongo_db)
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8",
+                                          "application/json; charset=UTF-8",
+                                          "Application/JSON"])
+def test_json_with_utf8_charset_is_accepted(client, auth_headers, content_type):
+    answer = post_raw(client, auth_headers, valid_body().encode(),
+                      {"Content-Type": content_type})
+    assert answer.status_code == 201
+
+
+def test_body_over_the_limit_is_refused_with_413(client, auth_headers, mongo_db):
+    payload = result_payload(misc={"pad": "x" * (contract.MAX_BODY_BYTES + 10)})
+    answer = client.post("/ingest", json=payload, headers=auth_headers)
+    assert answer.status_code == 413
+    body = answer.get_json()["error"]
+    assert body["code"] == "payload_too_large"
+    assert body["details"]["limit_bytes"] == contract.MAX_BODY_BYTES
+    assert_nothing_stored(mongo_db)
+
+
+def test_body_exactly_at_the_limit_is_read(client, auth_headers, mongo_db):
+    text = valid_body()
+    padded = text + " " * (contract.MAX_BODY_BYTES - len(text))
+    assert len(padded) == contract.MAX_BODY_BYTES
+    assert post_raw(client, auth_headers, padded.encode()).status_code == 201
+
+
+def _unknown_and_wrong(named: dict, expected: set[str], answer) -> None:
+    assert answer.status_code == 422, answer.get_json()
+    error = answer.get_json()["error"]
+    assert error["code"] == "validation_error"
+    assert set(error["details"]["fields"]) == expected
+
+
+def test_every_bad_and_unknown_field_is_named(client, auth_headers, mongo_db):
+    payload = result_payload(
+        output_tokens="5",
+        attempts=True,
+        generate_time="1.5",
+        run_ts="2026-03-01T10:00:00",
+        gen_ts=(datetime.now(UTC) + timedelta(minutes=11)).isoformat(),
+        provider="openai",
+        token_source="guess",
+        misc=[1, 2],
+        colour="blue",
+        runner_id="me",
+        received_at="2026-01-01T00:00:00Z",
+    )
+    del payload["model_name"]
+    answer = client.post("/ingest", json=payload, headers=auth_headers)
+    _unknown_and_wrong(payload, {"output_tokens", "attempts", "generate_time", "run_ts", "gen_ts",
+                                 "provider", "token_source", "misc", "colour", "runner_id",
+                                 "received_at", "model_name"}, answer)
+    fields = answer.get_json()["error"]["details"]["fields"]
+    assert fields["colour"] == ["Unknown field."]
+    assert "future" in fields["gen_ts"][0]
+    assert_nothing_stored(mongo_db)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("result_id", "not-a-uuid"),
+        ("result_id", 12345),
+        ("output_tokens", 1.0),
+        ("output_tokens", -1),
+        ("output_tokens", None),
+        ("generate_time", True),
+        ("tokens_per_second", -0.5),
+        ("run_ts", "yesterday"),
+        ("run_ts", "2026-03-01"),
+        ("run_ts", 1767225600),
+        ("model_name", ""),
+        ("model_name", "m" * 300),
+        ("model_name", "bad\u0000name"),
+        ("server_latency_ms", 1.5),
+        ("temperature", "0.1"),
+        ("misc", {"$where": 1}),
+        ("misc", {"a.b": 1}),
+        ("misc", {"pad": "x" * (contract.MAX_MISC_BYTES + 1)}),
+    ],
+)
+def test_wrong_type_or_value_is_refused_with_422_naming_the_field(client, auth_headers, mongo_db,
+                                                                  field, value):
+    answer = client.post("/ingest", json=result_payload(**{field: value}), headers=auth_headers)
+    _unknown_and_wrong({}, {field}, answer)
+    assert_nothing_stored(mongo_db)
+
+
+def test_run_ts_just_under_ten_minutes_ahead_is_accepted(client, auth_headers):
+    soon = (datetime.now(UTC) + timedelta(minutes=9)).isoformat()
+    assert client.post("/ingest", json=result_payload(run_ts=soon),
+                       headers=auth_headers).status_code == 201
+
+
+def test_failure_fields_are_checked_against_the_contract(client, auth_headers, mongo_db):
+    payload = failure_payload(stage="lunch", error_kind="bad_luck", message="x" * 4001,
+                              ts="2026-03-01T10:00:00", http_status=99, fingerprint="f")
+    answer = client.post("/ingest/error", json=payload, headers=auth_headers)
+    _unknown_and_wrong({}, {"stage", "error_kind", "message", "ts", "http_status", "fingerprint"},
+                       answer)
+    assert_nothing_stored(mongo_db)
+
+
+def test_a_rejected_batch_item_names_its_fields(client, auth_headers, mongo_db):
+    items = [result_payload(output_tokens="5", shoe_size=42), result_payload()]
+    answer = client.post("/ingest/batch", json={"results": items}, headers=auth_headers)
+    first, second = answer.get_json()["results"]
+    assert first["status"] == "rejected"
+    assert set(first["errors"]) == {"output_tokens", "shoe_size"}
+    assert first["result_id"] == items[0]["result_id"]
+    assert second["status"] == "created"
+    assert mongo_db["metrics_cloud_v2"].count_documents({}) == 1

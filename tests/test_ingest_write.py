@@ -1,0 +1,189 @@
+"""The write routes store each result and failure exactly once, in the contract's shape."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+import bench_contract as contract
+from ingest_app import db
+from ingest_app.schemas import fingerprint
+from tests.support.ingest import TEST_KEYS, failure_payload, result_payload
+
+
+def test_result_is_stored_with_bson_dates_runner_id_and_received_at(client, auth_headers,
+                                                                     mongo_db):
+    payload = result_payload(run_ts="2026-03-01T10:00:00.123456+02:00")
+    answer = client.post("/ingest", json=payload, headers=auth_headers)
+    assert answer.status_code == 201
+    assert answer.get_json() == {"status": "created", "duplicate": False,
+                                 "result_id": payload["result_id"]}
+    stored = mongo_db["metrics_cloud_v2"].find_one({"result_id": payload["result_id"]})
+    assert stored["run_ts"] == datetime(2026, 3, 1, 8, 0, 0, 123000)  # UTC, milliseconds
+    assert isinstance(stored["gen_ts"], datetime)
+    assert isinstance(stored["received_at"], datetime)
+    assert stored["runner_id"] == "runner-a"
+    assert stored["time_to_first_token"] == payload["time_to_first_token"]
+    assert stored["model_name"] == payload["model_name"]
+
+
+def test_explicit_null_ttft_is_stored_as_null_not_zero(client, auth_headers, mongo_db):
+    payload = result_payload(time_to_first_token=None, output_tokens=0)
+    assert client.post("/ingest", json=payload, headers=auth_headers).status_code == 201
+    stored = mongo_db["metrics_cloud_v2"].find_one({"result_id": payload["result_id"]})
+    assert "time_to_first_token" in stored and stored["time_to_first_token"] is None
+
+
+def test_duplicate_result_is_stored_once(client, auth_headers, mongo_db):
+    payload = result_payload()
+    first = client.post("/ingest", json=payload, headers=auth_headers)
+    second = client.post("/ingest", json=payload, headers=auth_headers)
+    assert (first.status_code, second.status_code) == (201, 200)
+    assert second.get_json()["duplicate"] is True
+    assert mongo_db["metrics_cloud_v2"].count_documents({"result_id": payload["result_id"]}) == 1
+
+
+def test_resend_with_another_key_is_still_a_duplicate(client, mongo_db):
+    payload = result_payload()
+    client.post("/ingest", json=payload, headers={"X-API-Key": TEST_KEYS["runner-a"]})
+    again = client.post("/ingest", json=payload, headers={"X-API-Key": TEST_KEYS["runner-b"]})
+    assert again.status_code == 200
+    stored = mongo_db["metrics_cloud_v2"].find_one({"result_id": payload["result_id"]})
+    assert stored["runner_id"] == "runner-a"
+
+
+def test_resend_with_same_instant_in_another_offset_is_a_duplicate(client, auth_headers):
+    payload = result_payload(run_ts="2026-03-01T10:00:00.5+00:00")
+    client.post("/ingest", json=payload, headers=auth_headers)
+    same_instant = {**payload, "run_ts": "2026-03-01T12:00:00.500+02:00"}
+    assert client.post("/ingest", json=same_instant, headers=auth_headers).status_code == 200
+
+
+def test_same_id_different_content_is_a_conflict_and_leaves_the_stored_document(
+        client, auth_headers, mongo_db):
+    payload = result_payload()
+    client.post("/ingest", json=payload, headers=auth_headers)
+    before = mongo_db["metrics_cloud_v2"].find_one({"result_id": payload["result_id"]})
+    answer = client.post("/ingest", json={**payload, "output_tokens": 1}, headers=auth_headers)
+    assert answer.status_code == 409
+    error = answer.get_json()["error"]
+    assert error["code"] == "conflict"
+    assert error["details"]["differing_fields"] == ["output_tokens"]
+    after = mongo_db["metrics_cloud_v2"].find_one({"result_id": payload["result_id"]})
+    assert after == before
+    assert mongo_db["metrics_cloud_v2"].count_documents({}) == 1
+
+
+def test_failure_is_stored_with_a_fingerprint_shared_by_repeats(client, auth_headers, mongo_db):
+    first = failure_payload(message="Throttled request 1f2e3d4c5b6a7f8e9d0c after 3 tries")
+    second = failure_payload(message="Throttled request 0a9b8c7d6e5f4a3b2c1d after 4 tries")
+    for payload in (first, second):
+        answer = client.post("/ingest/error", json=payload, headers=auth_headers)
+        assert answer.status_code == 201
+        assert answer.get_json()["error_id"] == payload["error_id"]
+    stored = list(mongo_db["errors_cloud"].find())
+    assert len(stored) == 2
+    assert stored[0]["fingerprint"] == stored[1]["fingerprint"]
+    assert all(isinstance(doc["ts"], datetime) and doc["runner_id"] == "runner-a"
+               for doc in stored)
+
+
+def test_fingerprint_tells_different_models_apart():
+    one = failure_payload()
+    assert fingerprint(one) != fingerprint({**one, "model_name": "sim.other-v1"})
+    assert fingerprint(one) != fingerprint({**one, "error_kind": "auth"})
+
+
+def test_duplicate_failure_is_stored_once_and_conflict_answers_409(client, auth_headers,
+                                                                    mongo_db):
+    payload = failure_payload()
+    codes = [client.post("/ingest/error", json=p, headers=auth_headers).status_code
+             for p in (payload, payload, {**payload, "stage": "stream"})]
+    assert codes == [201, 200, 409]
+    assert mongo_db["errors_cloud"].count_documents({}) == 1
+    assert mongo_db["errors_cloud"].find_one()["stage"] == payload["stage"]
+
+
+def test_batch_answers_one_status_per_item_in_order(client, auth_headers, mongo_db):
+    stored = result_payload()
+    client.post("/ingest", json=stored, headers=auth_headers)
+    fresh = result_payload()
+    items = [fresh, stored, {**stored, "output_tokens": 2}, {**result_payload(), "bogus": 1},
+             "not an object", {**fresh}]
+    answer = client.post("/ingest/batch", json={"results": items}, headers=auth_headers)
+    assert answer.status_code == 200
+    statuses = [item["status"] for item in answer.get_json()["results"]]
+    assert statuses == ["created", "duplicate", "conflict", "rejected", "rejected", "duplicate"]
+    assert answer.get_json()["results"][3]["errors"] == {"bogus": ["Unknown field."]}
+    assert mongo_db["metrics_cloud_v2"].count_documents({}) == 2
+    assert mongo_db["metrics_cloud_v2"].find_one({"result_id": stored["result_id"]})[
+        "output_tokens"] == stored["output_tokens"]
+
+
+def test_batch_resend_finds_every_item_already_stored(client, auth_headers, mongo_db):
+    items = [result_payload() for _ in range(50)]
+    first = client.post("/ingest/batch", json={"results": items}, headers=auth_headers)
+    again = client.post("/ingest/batch", json={"results": items}, headers=auth_headers)
+    assert {i["status"] for i in first.get_json()["results"]} == {"created"}
+    assert {i["status"] for i in again.get_json()["results"]} == {"duplicate"}
+    assert mongo_db["metrics_cloud_v2"].count_documents({}) == 50
+
+
+def test_batch_of_the_maximum_size_is_accepted(client, auth_headers, mongo_db):
+    items = [result_payload() for _ in range(contract.MAX_BATCH_ITEMS)]
+    answer = client.post("/ingest/batch", json={"results": items}, headers=auth_headers)
+    assert answer.status_code == 200
+    assert mongo_db["metrics_cloud_v2"].count_documents({}) == contract.MAX_BATCH_ITEMS
+
+
+@pytest.mark.parametrize(
+    ("envelope", "named"),
+    [
+        ({"results": [result_payload()] * (contract.MAX_BATCH_ITEMS + 1)}, "results"),
+        ({"results": {"a": 1}}, "results"),
+        ({}, "results"),
+        ({"results": [], "extra": True}, "extra"),
+    ],
+)
+def test_bad_batch_envelope_is_refused_whole(client, auth_headers, mongo_db, envelope, named):
+    answer = client.post("/ingest/batch", json=envelope, headers=auth_headers)
+    assert answer.status_code == 422
+    assert named in answer.get_json()["error"]["details"]["fields"]
+    assert mongo_db["metrics_cloud_v2"].count_documents({}) == 0
+
+
+def test_indexes_exist_before_the_first_write_is_acknowledged(client, auth_headers, mongo_db):
+    assert client.post("/ingest", json=result_payload(), headers=auth_headers).status_code == 201
+    results = {tuple(k for k, _ in ix["key"].items()): ix.get("unique", False)
+               for ix in mongo_db["metrics_cloud_v2"].list_indexes()}
+    errors = {tuple(k for k, _ in ix["key"].items()): ix.get("unique", False)
+              for ix in mongo_db["errors_cloud"].list_indexes()}
+    # Field order and uniqueness; the test server does not report a key's direction.
+    assert results[("result_id",)] is True
+    assert ("provider", "model_name", "run_ts") in results and ("run_ts",) in results
+    assert errors[("error_id",)] is True
+    assert {("provider", "model_name", "ts"), ("ts",), ("fingerprint", "ts")} <= set(errors)
+
+
+def test_ensure_indexes_is_idempotent(app, mongo_db):
+    cfg = app.extensions["bench_ingest.settings"]
+    db.ensure_indexes(mongo_db, cfg)
+    db.ensure_indexes(mongo_db, cfg)
+    assert len(list(mongo_db["metrics_cloud_v2"].list_indexes())) == 4
+    assert len(list(mongo_db["errors_cloud"].list_indexes())) == 5
+
+
+def test_ensure_indexes_command_creates_them(app, mongo_db):
+    outcome = app.test_cli_runner().invoke(args=["ensure-indexes"])
+    assert outcome.exit_code == 0, outcome.output
+    assert "metrics_cloud_v2" in outcome.output
+    assert any(ix.get("unique") for ix in mongo_db["errors_cloud"].list_indexes())
+
+
+def test_received_at_is_close_to_now(client, auth_headers, mongo_db):
+    payload = result_payload()
+    client.post("/ingest", json=payload, headers=auth_headers)
+    stored = mongo_db["metrics_cloud_v2"].find_one({"result_id": payload["result_id"]})
+    age = datetime.now(UTC).replace(tzinfo=None) - stored["received_at"]
+    assert 0 <= age.total_seconds() < 60
