@@ -121,6 +121,13 @@ class Settings:
             out.append(f"{ENV_MAX_PENDING} must be at least 1")
         if self.profile.max_tokens < 1:
             out.append("--max-tokens must be at least 1")
+        default = Profile()
+        changed = (self.profile.prompt, self.profile.max_tokens, self.profile.temperature) != (
+            default.prompt, default.max_tokens, default.temperature)
+        if changed and self.profile.profile_id == default.profile_id:
+            # Results under one profile id must be comparable: a new question needs a new name.
+            out.append("a changed prompt, --max-tokens or --temperature needs its own "
+                       "--profile-id")
         return out
 
     def check(self, *, need_models: bool, need_delivery: bool) -> None:

@@ -1,0 +1,479 @@
+"""bench-runner: parse options, wire the parts together, print, and exit with a meaningful code.
+
+The work lives in the library modules (cycle, outbox, ingest_client, the
+providers); this module only turns options into Settings and reports into lines.
+boto3 and requests are imported inside the commands that use them so that
+`bench-runner --help` starts as fast as click itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from enum import IntEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+import bench_contract as contract
+
+from . import __version__
+from . import settings as cfg
+
+if TYPE_CHECKING:
+    from .cycle import CycleReport, ModelOutcome
+
+log = logging.getLogger("runner")
+
+
+class ExitCode(IntEnum):
+    """What `once` and `outbox flush` exit with; the most serious problem wins."""
+
+    OK = 0
+    ERROR = 1
+    CONFIG = 2
+    MODEL_FAILED = 3
+    PENDING = 4
+    DEAD = 5
+    OUTBOX_FULL = 6
+    AUTH = 7
+
+
+EXIT_CODE_HELP = {
+    ExitCode.OK: "every model measured and everything delivered",
+    ExitCode.ERROR: "unexpected error",
+    ExitCode.CONFIG: "configuration error (nothing was called)",
+    ExitCode.MODEL_FAILED: "some model failed (its failure was delivered)",
+    ExitCode.PENDING: "records wait in the outbox (ingest API unreachable)",
+    ExitCode.DEAD: "the ingest API refused records for good (see `outbox status`)",
+    ExitCode.OUTBOX_FULL: "outbox over its bound or disk full: nothing new measured",
+    ExitCode.AUTH: "the ingest API refused the key: check INGEST_API_KEY",
+}
+
+
+def exit_code(report: CycleReport) -> ExitCode:
+    """The most serious problem of a cycle: delivery problems before model failures."""
+    if report.setup_error:
+        return ExitCode.CONFIG
+    if report.delivery.auth_refused:
+        return ExitCode.AUTH
+    if report.outbox_full or report.lost:
+        return ExitCode.OUTBOX_FULL
+    if report.delivery.dead or report.refused_at_queue:
+        return ExitCode.DEAD
+    if report.pending or report.delivery.busy:
+        return ExitCode.PENDING
+    if report.failed:
+        return ExitCode.MODEL_FAILED
+    return ExitCode.OK
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
+EXIT_CODES_TEXT = "\b\nExit codes:\n" + "\n".join(
+    f"  {int(code)}  {text}" for code, text in EXIT_CODE_HELP.items())
+KEY_TEXT = (f"The ingest API key is read only from the environment ({cfg.ENV_API_KEY}), "
+            "never from an option, so it stays out of process listings.")
+
+
+class ConfigProblem(click.ClickException):
+    """A configuration error: one line on stderr, exit code 2, nothing called."""
+
+    exit_code = int(ExitCode.CONFIG)
+
+
+class _Temperature(click.ParamType):
+    name = "FLOAT|none"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float | None:
+        if value is None or isinstance(value, float):
+            return value
+        if str(value).strip().lower() in ("none", "null", ""):
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number or 'none'", param, ctx)
+
+
+def _state_dir_option(f: Any) -> Any:
+    return click.option(
+        "--state-dir", envvar=cfg.ENV_STATE_DIR, show_envvar=True, type=click.Path(path_type=Path),
+        default=None, show_default="$STATE_DIRECTORY under systemd, else the user state dir",
+        help="Directory holding the outbox (pending/ and dead/ records).")(f)
+
+
+def _log_level_option(default: str) -> Any:
+    return click.option(
+        "--log-level", envvar=cfg.ENV_LOG_LEVEL, show_envvar=True, default=default,
+        type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+        help="Log lines (to stderr) at this level and above.")
+
+
+def _ingest_url_option(f: Any) -> Any:
+    return click.option(
+        "--ingest-url", envvar=cfg.ENV_INGEST_URL, show_envvar=True, default=None,
+        show_default="none: required",
+        help="Full URL of the ingest API's POST /ingest; /batch and /error are derived.")(f)
+
+
+def _measure_options(f: Any) -> Any:
+    options = [
+        click.option("--models", envvar=cfg.ENV_MODELS, show_envvar=True, default=None,
+                     show_default="none: required",
+                     help="Comma-separated model ids to measure (inference-profile ids too)."),
+        click.option("--provider", envvar=cfg.ENV_PROVIDER, show_envvar=True,
+                     default=cfg.DEFAULT_PROVIDER, help="Model host to measure."),
+        click.option("--region", envvar=cfg.ENV_REGION, show_envvar=True, default=None,
+                     show_default="boto3's default (AWS_DEFAULT_REGION or config)",
+                     help="AWS region to call."),
+        click.option("--concurrency", envvar=cfg.ENV_CONCURRENCY, show_envvar=True,
+                     type=click.IntRange(1, 64), default=cfg.DEFAULT_CONCURRENCY,
+                     help="Models measured at once (one client, a connection each)."),
+        click.option("--prompt", default=contract.DEFAULT_PROMPT,
+                     show_default="the cloud-default-v1 prompt",
+                     help="Prompt sent to every model (change --profile-id with it)."),
+        click.option("--max-tokens", type=click.IntRange(1), default=contract.DEFAULT_MAX_TOKENS,
+                     help="maxTokens asked of every model."),
+        click.option("--temperature", type=_Temperature(), default=contract.DEFAULT_TEMPERATURE,
+                     help="Temperature, or 'none' to leave it out of the request."),
+        click.option("--profile-id", default=contract.DEFAULT_PROFILE_ID,
+                     help="Name of this prompt + max tokens + temperature, stored with results."),
+        click.option("--call-timeout", type=click.FloatRange(1), default=cfg.DEFAULT_CALL_TIMEOUT,
+                     help="Cap in seconds on one model's whole call; past it, a timeout failure."),
+        click.option("--max-pending", envvar=cfg.ENV_MAX_PENDING, show_envvar=True,
+                     type=click.IntRange(1), default=cfg.DEFAULT_MAX_PENDING,
+                     help="Bound on records waiting in the outbox; past it nothing new is "
+                          "measured."),
+        _ingest_url_option,
+        _state_dir_option,
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def _settings(opts: dict[str, Any], *, need_models: bool, need_delivery: bool) -> cfg.Settings:
+    from dataclasses import replace
+
+    keys = ("state_dir", "ingest_url", "models", "provider", "region", "concurrency", "prompt",
+            "max_tokens", "temperature", "profile_id", "max_pending")
+    settings = cfg.load(**{k: opts[k] for k in keys if k in opts})
+    if "call_timeout" in opts:
+        settings = replace(settings, call_timeout=opts["call_timeout"])
+    try:
+        settings.check(need_models=need_models, need_delivery=need_delivery)
+    except cfg.ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+    return settings
+
+
+def _outbox(settings: cfg.Settings) -> Any:
+    from .outbox import Outbox
+
+    try:
+        return Outbox.from_settings(settings)
+    except OSError as exc:
+        raise ConfigProblem(f"cannot use the state dir {settings.state_dir}: "
+                            f"{exc.strerror or exc}") from None
+
+
+def _warm_provider(settings: cfg.Settings) -> Any:
+    from .provider import SetupError, get_provider
+
+    try:
+        provider = get_provider(settings.provider, region=settings.region,
+                                concurrency=settings.concurrency,
+                                call_timeout=settings.call_timeout, retries=settings.retries)
+        provider.warm()
+    except SetupError as exc:
+        raise ConfigProblem(str(exc)) from None
+    return provider
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _outcome_line(outcome: ModelOutcome) -> str:
+    r: Any = outcome.record
+    if outcome.ok:
+        return (f"{outcome.model}: ok  TTFT {_fmt(r.time_to_first_token, '.3f')} s  "
+                f"{r.tokens_per_second:.1f} tok/s  {r.output_tokens} tokens"
+                + ("" if r.attempts == 1 else f"  ({r.attempts} attempts)"))
+    return f"{outcome.model}: FAILED {r.error_kind}: {r.message}"
+
+
+def _table(report: CycleReport) -> str:
+    rows = [("MODEL", "OUTCOME", "TTFT s", "TOK/S", "TOKENS")]
+    by_model = {o.model: o for o in report.outcomes}
+    for model in report.models:
+        o = by_model.get(model)
+        if o is None:
+            rows.append((model, "not measured", "-", "-", "-"))
+        elif o.ok:
+            r: Any = o.record
+            rows.append((model, "ok", _fmt(r.time_to_first_token, ".3f"),
+                         f"{r.tokens_per_second:.1f}", str(r.output_tokens)))
+        else:
+            rows.append((model, f"failed: {o.record.error_kind}", "-", "-", "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                     .rstrip() for row in rows)
+
+
+def _delivery_line(report: CycleReport) -> str:
+    d = report.delivery
+    return (f"delivered {d.delivered + d.duplicates} ({d.duplicates} already stored), "
+            f"dead-lettered {d.dead + report.refused_at_queue}, pending {report.pending}")
+
+
+@click.group(context_settings=CONTEXT, epilog=EXIT_CODES_TEXT)
+@click.version_option(__version__, prog_name="bench-runner")
+def main() -> None:
+    """Measure hosted LLMs (Amazon Bedrock) and deliver every result to the ingest API.
+
+    Every result and every failure is written to a durable outbox first, then sent
+    to the ingest API; what cannot be delivered waits in the outbox for the next run.
+    """
+
+
+@main.command(epilog=EXIT_CODES_TEXT + "\n\n" + KEY_TEXT)
+@_measure_options
+@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON on stdout.")
+@_log_level_option("warning")
+@click.pass_context
+def once(ctx: click.Context, as_json: bool, log_level: str, **opts: Any) -> None:
+    """Measure each model once, deliver every record, print a summary."""
+    _configure_logging(log_level)
+    settings = _settings(opts, need_models=True, need_delivery=True)
+    outbox = _outbox(settings)
+    provider = _warm_provider(settings)
+    from .cycle import run_cycle
+    from .ingest_client import IngestClient
+
+    def show(outcome: ModelOutcome) -> None:
+        click.echo(_outcome_line(outcome), err=as_json)
+
+    try:
+        with IngestClient(settings) as client:
+            report = run_cycle(settings, provider, outbox, client, warm=False, on_outcome=show)
+    finally:
+        provider.close()
+    code = exit_code(report)
+    if as_json:
+        click.echo(json.dumps({"exit_code": int(code), **report.to_json()}, indent=2))
+    else:
+        click.echo("")
+        click.echo(_table(report))
+        click.echo(_delivery_line(report))
+    for problem in report.problems():
+        click.echo(f"bench-runner: {problem}", err=True)
+    ctx.exit(int(code))
+
+
+class _StopSignal:
+    """Set from a signal handler; polled, because taking a lock inside a handler can deadlock."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def set(self) -> None:
+        self.requested = True
+
+    def is_set(self) -> bool:
+        return self.requested
+
+    def wait(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.requested and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(0.2, left))
+
+
+@main.command(epilog=KEY_TEXT)
+@click.option("--interval", type=click.FloatRange(min=0.0), default=60.0,
+              envvar="BENCH_RUNNER_INTERVAL", show_envvar=True,
+              help="Minutes from the start of one cycle to the start of the next.")
+@_measure_options
+@_log_level_option("info")
+def daemon(interval: float, log_level: str, **opts: Any) -> None:
+    """Run a cycle every --interval minutes until SIGTERM or SIGINT (for containers).
+
+    A bad cycle is logged and reported, never fatal. Exits 0 on a clean stop, 2 on a
+    configuration error at start.
+    """
+    _configure_logging(log_level)
+    settings = _settings(opts, need_models=True, need_delivery=True)
+    outbox = _outbox(settings)
+    provider = _warm_provider(settings)
+    from .cycle import run_cycle
+    from .ingest_client import IngestClient
+
+    stop = _StopSignal()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("daemon started models=%s interval_min=%s", ",".join(settings.models), interval)
+    cycles = 0
+    try:
+        with IngestClient(settings) as client:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    report = run_cycle(settings, provider, outbox, client, warm=cycles > 0,
+                                       stop=stop,
+                                       on_outcome=lambda o: log.info("%s", _outcome_line(o)))
+                    log.info("cycle %d exit=%d %s", cycles + 1, exit_code(report),
+                             _delivery_line(report))
+                    for problem in report.problems():
+                        log.warning("cycle %d: %s", cycles + 1, problem)
+                except Exception:  # one bad cycle must not end the daemon
+                    log.exception("cycle %d failed; the next one runs on schedule", cycles + 1)
+                cycles += 1
+                stop.wait(max(0.0, interval * 60 - (time.monotonic() - started)))
+    finally:
+        provider.close()
+    log.info("daemon stopped after %d cycle(s)", cycles)
+
+
+@main.command(name="models")
+@click.option("--provider", envvar=cfg.ENV_PROVIDER, show_envvar=True,
+              default=cfg.DEFAULT_PROVIDER, help="Model host to list.")
+@click.option("--region", envvar=cfg.ENV_REGION, show_envvar=True, default=None,
+              show_default="boto3's default (AWS_DEFAULT_REGION or config)",
+              help="AWS region whose catalogue to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print the catalogue as JSON.")
+def models_command(provider: str, region: str | None, as_json: bool) -> None:
+    """List the models you can measure (text output, streaming) and inference profiles."""
+    import dataclasses
+
+    from .provider import SetupError, get_provider
+
+    try:
+        host = get_provider(provider, region=region)
+        try:
+            entries = host.catalogue()
+        finally:
+            host.close()
+    except SetupError as exc:
+        raise ConfigProblem(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - any SDK error becomes one readable line
+        raise click.ClickException(f"could not list models: {type(exc).__name__}: {exc}") \
+            from None
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(e) for e in entries], indent=2))
+        return
+    rows = [("MODEL ID", "KIND", "VENDOR", "NAME", "NOTE")]
+    for e in entries:
+        note = "needs an inference-profile id" if e.needs_profile else ""
+        if e.status and e.status.upper() != "ACTIVE":
+            note = ", ".join(filter(None, [note, e.status.lower()]))
+        rows.append((e.model_id, e.kind, e.vendor, e.name, note))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@main.group()
+def outbox() -> None:
+    """Inspect and deliver the records waiting in the outbox."""
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s >= 86400:
+        return f"{s // 86400}d {s % 86400 // 3600}h"
+    if s >= 3600:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    if s >= 60:
+        return f"{s // 60}m {s % 60}s"
+    return f"{s}s"
+
+
+@outbox.command()
+@_state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(state_dir: Path | None, as_json: bool) -> None:
+    """Counts, the oldest record's age, and each dead record with its reason."""
+    import dataclasses
+
+    settings = cfg.load(state_dir=state_dir)
+    st = _outbox(settings).status()
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(st), indent=2))
+        return
+    click.echo(f"outbox: {settings.state_dir / 'outbox'}")
+    click.echo(f"pending: {st.pending} (oldest {_age(st.oldest_age)} old, next attempt in "
+               f"{_age(st.next_attempt_in)})")
+    click.echo(f"dead: {st.dead}")
+    for item in st.dead_items:
+        status_text = f"HTTP {item.status}" if item.status else "no answer"
+        click.echo(f"  {item.name}  {status_text}  {item.reason}")
+    if st.partial:
+        click.echo(f"partial files in tmp/: {st.partial} (removed at the next drain)")
+
+
+@outbox.command(epilog=EXIT_CODES_TEXT + "\n\n" + KEY_TEXT)
+@click.option("--now", is_flag=True,
+              help="Ignore the backoff between attempts (a Retry-After is still honoured).")
+@_ingest_url_option
+@_state_dir_option
+@_log_level_option("warning")
+@click.pass_context
+def flush(ctx: click.Context, now: bool, log_level: str, **opts: Any) -> None:
+    """Deliver the waiting records now, oldest first."""
+    _configure_logging(log_level)
+    settings = _settings(opts, need_models=False, need_delivery=True)
+    box = _outbox(settings)
+    from .ingest_client import IngestClient
+
+    with IngestClient(settings) as client:
+        report = box.drain(client, ignore_backoff=now)
+    click.echo(f"delivered {report.delivered + report.duplicates} ({report.duplicates} already "
+               f"stored), dead-lettered {report.dead}, pending {report.pending_left} "
+               f"({report.not_due} waiting for their next attempt)")
+    for problem in report.problems:
+        click.echo(f"bench-runner: {problem}", err=True)
+    if report.auth_refused:
+        code = ExitCode.AUTH
+    elif report.dead:
+        code = ExitCode.DEAD
+    elif report.pending_left or report.busy:
+        code = ExitCode.PENDING
+    else:
+        code = ExitCode.OK
+    ctx.exit(int(code))
+
+
+@outbox.command()
+@_state_dir_option
+def requeue(state_dir: Path | None) -> None:
+    """Move every dead record back to pending (after fixing what refused it, e.g. the key)."""
+    moved = _outbox(cfg.load(state_dir=state_dir)).requeue_dead()
+    click.echo(f"moved {moved} record(s) back to pending")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8599,
+              help="Port to listen on (0: any free port).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False,
+                                                         path_type=Path),
+              default=None, show_default="the embedded demo models",
+              help="JSON file of per-model behaviour.")
+def simulate(host: str, port: int, config_path: Path | None) -> None:
+    """Serve a Bedrock-compatible endpoint locally (point boto3 at it with AWS_ENDPOINT_URL_*)."""
+    _configure_logging("info")
+    from .simulator import run
+
+    click.echo(f"export AWS_ENDPOINT_URL_BEDROCK_RUNTIME=http://{host}:{port} "
+               f"AWS_ENDPOINT_URL_BEDROCK=http://{host}:{port}", err=True)
+    run(host, port, config_path)

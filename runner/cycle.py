@@ -1,0 +1,213 @@
+"""One run of the runner: drain the outbox, measure each model, queue and deliver every record.
+
+The order matters: every measured record is written to the outbox before anyone
+tries to send it, so a crash at any point leaves it on disk; the drain after
+measuring delivers it (and anything older) in batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .outbox import DrainReport, Outbox, OutboxFull
+from .records import Failure, Result
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelOutcome:
+    """One model's record and what became of it on this side."""
+
+    model: str
+    record: Result | Failure
+    queued: bool  # written to the outbox (False only when the disk was full)
+
+    @property
+    def ok(self) -> bool:
+        """Measured (a Result), not failed."""
+        return isinstance(self.record, Result)
+
+
+@dataclass
+class CycleReport:
+    """What one cycle did, for the CLI to print and to turn into an exit code."""
+
+    models: tuple[str, ...]
+    outcomes: list[ModelOutcome] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    delivery: DrainReport = field(default_factory=DrainReport)
+    refused_at_queue: int = 0
+    lost: int = 0
+    setup_error: str | None = None
+    outbox_full: str | None = None
+    pending: int = 0
+    dead_total: int = 0
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        """Some model failed or was not measured."""
+        return bool(self.skipped) or any(not o.ok for o in self.outcomes)
+
+    def problems(self) -> list[str]:
+        """Sentences for the user, most serious first."""
+        out = []
+        if self.setup_error:
+            out.append(self.setup_error)
+        out.extend(self.delivery.problems)
+        if self.outbox_full:
+            out.append(self.outbox_full)
+        if self.lost:
+            out.append(f"{self.lost} record(s) could not be written or delivered (see the log)")
+        dead = self.delivery.dead + self.refused_at_queue
+        if dead:
+            out.append(f"{dead} record(s) refused for good: see `bench-runner outbox status`")
+        if self.pending and not self.delivery.problems:
+            out.append(f"{self.pending} record(s) wait in the outbox for a later run")
+        if self.skipped:
+            out.append(f"not measured: {', '.join(self.skipped)}")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The report for scripts (`once --json`)."""
+        return {
+            "results": [o.record.to_payload() for o in self.outcomes if o.ok],
+            "failures": [o.record.to_payload() for o in self.outcomes if not o.ok],
+            "not_measured": list(self.skipped),
+            "delivery": {"delivered": self.delivery.delivered,
+                         "duplicates": self.delivery.duplicates,
+                         "dead": self.delivery.dead + self.refused_at_queue,
+                         "pending": self.pending, "dead_total": self.dead_total},
+            "problems": self.problems(),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def run_cycle(
+    settings: Settings,
+    provider: Any,
+    outbox: Outbox,
+    client: Any,
+    *,
+    warm: bool = True,
+    on_outcome: Callable[[ModelOutcome], None] | None = None,
+    stop: threading.Event | None = None,
+) -> CycleReport:
+    """Run one cycle: warm, drain, check room, measure every model, queue, drain again."""
+    from .provider import SetupError
+
+    started = time.perf_counter()
+    report = CycleReport(models=settings.models)
+    try:
+        if warm:
+            provider.warm()
+    except SetupError as exc:
+        report.setup_error = str(exc)
+        report.skipped = list(settings.models)
+        return _finish(report, outbox, started)
+
+    report.delivery.add(outbox.drain(client))
+    if report.delivery.auth_refused:
+        # Measuring now would only fill the outbox with records the API will refuse.
+        report.skipped = list(settings.models)
+        return _finish(report, outbox, started)
+    try:
+        outbox.check_room(len(settings.models))
+    except OutboxFull as exc:
+        report.outbox_full = str(exc)
+        report.skipped = list(settings.models)
+        return _finish(report, outbox, started)
+
+    _measure_all(settings, provider, outbox, client, report, on_outcome, stop)
+    report.delivery.add(outbox.drain(client))
+    return _finish(report, outbox, started)
+
+
+def _finish(report: CycleReport, outbox: Outbox, started: float) -> CycleReport:
+    status = outbox.status()
+    report.pending, report.dead_total = status.pending, status.dead
+    report.seconds = time.perf_counter() - started
+    log.info("cycle done measured=%d failed=%d skipped=%d delivered=%d pending=%d "
+             "seconds=%.3f", sum(o.ok for o in report.outcomes),
+             sum(not o.ok for o in report.outcomes), len(report.skipped),
+             report.delivery.delivered + report.delivery.duplicates, report.pending,
+             report.seconds)
+    return report
+
+
+def _measure_all(settings: Settings, provider: Any, outbox: Outbox, client: Any,
+                 report: CycleReport, on_outcome: Callable[[ModelOutcome], None] | None,
+                 stop: threading.Event | None) -> None:
+    halt = threading.Event()  # set when the disk is full: measure nothing new
+
+    def measure(model: str) -> Result | Failure | None:
+        if halt.is_set() or (stop is not None and stop.is_set()):
+            return None
+        return provider.measure(model, settings.profile)
+
+    workers = max(1, min(settings.concurrency, len(settings.models)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="measure") as pool:
+        futures = {pool.submit(measure, model): model for model in settings.models}
+        # Records are queued here, in this one thread, as each model finishes.
+        for future in as_completed(futures):
+            model = futures[future]
+            try:
+                record = future.result()
+            except Exception as exc:  # a provider bug must still become a record
+                log.exception("measure raised model=%s", model)
+                record = _failure_from_bug(settings, provider, model, exc)
+            if record is None:
+                report.skipped.append(model)
+                continue
+            outcome = ModelOutcome(model=model, record=record,
+                                   queued=_queue(record, outbox, client, report, halt))
+            report.outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
+    # Keep the order the user asked for, whatever order models finished in.
+    order = {m: i for i, m in enumerate(settings.models)}
+    report.skipped.sort(key=order.__getitem__)
+
+
+def _queue(record: Result | Failure, outbox: Outbox, client: Any, report: CycleReport,
+           halt: threading.Event) -> bool:
+    try:
+        path = outbox.put(record)
+    except OutboxFull as exc:
+        halt.set()
+        report.outbox_full = f"{exc}: stopped measuring"
+        # The record exists only in memory now: try to hand it over directly.
+        post = client.post_result if isinstance(record, Result) else client.post_error
+        try:
+            answer = post(record.to_payload())
+        except ValueError as send_exc:
+            answer = None
+            log.error("record not sendable id=%s error=%s", record.record_id, send_exc)
+        if answer is None or not answer.delivered:
+            report.lost += 1
+            # Last resort so the figures are not gone without a trace.
+            log.error("record lost (disk full, not delivered) kind=%s payload=%s",
+                      record.kind, record.to_payload())
+        return False
+    if path.parent == outbox.dead:
+        report.refused_at_queue += 1
+    return True
+
+
+def _failure_from_bug(settings: Settings, provider: Any, model: str,
+                      exc: Exception) -> Failure:
+    return Failure(
+        provider=getattr(provider, "name", settings.provider), model_name=model,
+        ts=datetime.now(UTC), stage="call", error_kind="unknown",
+        message=f"the runner failed while measuring: {type(exc).__name__}: {exc}",
+        region=getattr(provider, "region", None) or settings.region,
+        benchmark_profile_id=settings.profile.profile_id, exc_type=type(exc).__name__)
