@@ -121,7 +121,7 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _known_models(results: Collection, errors: Collection) -> set[tuple[str, str]]:
+def known_models(results: Collection, errors: Collection) -> set[tuple[str, str]]:
     """Every (provider, model_name) ever stored, so a model that stopped reporting still shows."""
     models: set[tuple[str, str]] = set()
     for coll in (results, errors):
@@ -294,7 +294,7 @@ def summarize(results: Collection, errors: Collection, window: str = DEFAULT_WIN
     tallies: dict[tuple[str, str], _Tally] = {}
     _tally_results(results, since, tallies)
     failures = _tally_failures(errors, since, tallies)
-    for key in _known_models(results, errors):
+    for key in known_models(results, errors):
         tallies.setdefault(key, _Tally())
     models = tuple(
         _model_summary(results, errors, key, tallies[key], since, until)
