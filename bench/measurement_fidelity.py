@@ -1,0 +1,131 @@
+"""How far the runner's figures are from the truth, measured against the Bedrock simulator.
+
+Starts the simulator in its own process, measures its models many times with the
+real BedrockProvider (sequentially, then four at a time from threads as
+`--concurrency 4` does), and prints the median and max error of TTFT, generate
+time and decode speed against the simulator's planned schedule.
+
+    python bench/measurement_fidelity.py [--runs 32]
+
+Target: median TTFT error under 5 ms, max under 25 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from runner.records import Profile, Result
+from runner.simulator import ModelBehaviour, SimulatorConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = Profile(max_tokens=64)
+MODELS = {
+    "sim.fid-a": ModelBehaviour(ttft=0.10, gap=0.010, tokens_per_delta=1, output_tokens=48),
+    "sim.fid-b": ModelBehaviour(ttft=0.20, gap=0.020, tokens_per_delta=4, output_tokens=64),
+    "sim.fid-c": ModelBehaviour(ttft=0.30, gap=0.015, tokens_per_delta=2, output_tokens=40,
+                                empty_first_delta=True),
+    "us.sim.fid-r": ModelBehaviour(ttft=0.15, gap=0.020, tokens_per_delta=4,
+                                   reasoning_tokens=16, output_tokens=32),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(port: int) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"the simulator did not start on port {port}")
+
+
+def _errors(config: SimulatorConfig, results: list[tuple[str, Result]]) -> dict[str, list]:
+    out: dict[str, list[float]] = {"ttft_ms": [], "gen_ms": [], "decode_pct": []}
+    for model_id, r in results:
+        plan = config.plan(model_id, PROFILE.max_tokens)
+        out["ttft_ms"].append(abs(r.time_to_first_token - plan.time_to_first_token) * 1000)
+        out["gen_ms"].append(abs(r.generate_time - plan.generate_time) * 1000)
+        truth = plan.decode_tokens_per_second
+        out["decode_pct"].append(abs(r.decode_tokens_per_second - truth) / truth * 100)
+    return out
+
+
+def _measure(provider, model_ids: list[str], threads: int) -> list[tuple[str, Result]]:
+    def one(model_id: str) -> tuple[str, Result]:
+        outcome = provider.measure(model_id, PROFILE)
+        if not isinstance(outcome, Result):
+            raise SystemExit(f"{model_id} failed: {outcome.error_kind}: {outcome.message}")
+        return model_id, outcome
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(one, model_ids))
+
+
+def _report(label: str, errors: dict[str, list[float]]) -> None:
+    units = {"ttft_ms": "ms", "gen_ms": "ms", "decode_pct": "%"}
+    names = {"ttft_ms": "TTFT", "gen_ms": "generate time", "decode_pct": "decode speed"}
+    for key, values in errors.items():
+        print(f"{label:<22} {names[key]:<14} median {statistics.median(values):6.2f} "
+              f"{units[key]:<2}  max {max(values):6.2f} {units[key]:<2}  (n={len(values)})")
+
+
+def main() -> None:
+    """Run the sequential and concurrent passes and print the error figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=32, help="measurements per pass")
+    args = parser.parse_args()
+
+    config = SimulatorConfig(models=MODELS)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sim.json"
+        path.write_text(json.dumps(config.to_dict()), encoding="utf-8")
+        sim = subprocess.Popen([sys.executable, "-m", "runner.simulator", str(port), str(path)],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_for(port)
+            for name in [n for n in os.environ if n.startswith("AWS_")]:
+                del os.environ[name]
+            os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                              AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+                              AWS_ENDPOINT_URL_BEDROCK_RUNTIME=url)
+            from runner.bedrock import BedrockProvider
+
+            ids = [list(MODELS)[i % len(MODELS)] for i in range(args.runs)]
+            for label, threads in (("sequential", 1), ("4 concurrent threads", 4)):
+                provider = BedrockProvider(region=None, concurrency=threads)
+                try:
+                    provider.warm()
+                    started = time.perf_counter()
+                    results = _measure(provider, ids, threads)
+                    wall = time.perf_counter() - started
+                finally:
+                    provider.close()
+                _report(label, _errors(config, results))
+                print(f"{label:<22} wall time {wall:.1f} s for {len(results)} measurements")
+        finally:
+            sim.terminate()
+            sim.wait(timeout=10)
+    print("target: median TTFT error < 5 ms, max < 25 ms")
+
+
+if __name__ == "__main__":
+    main()
