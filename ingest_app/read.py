@@ -39,9 +39,11 @@ _AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
 _UNENCODED_OFFSET = re.compile(r" (\d{2}:\d{2})$")
 
 
-def _invalid(details: dict[str, str]) -> ApiError:
-    return ApiError(422, "invalid_query", "The query parameters are not valid; see details.",
-                    details=details)
+def _invalid(problems: dict[str, str]) -> ApiError:
+    # The write routes' 422 shape: code validation_error, one list of messages per field.
+    return ApiError(422, "validation_error",
+                    "The query parameters are not valid; see details for each one.",
+                    details={"fields": {name: [message] for name, message in problems.items()}})
 
 
 def _authorize(*, page: bool = False) -> None:

@@ -114,8 +114,8 @@ def test_an_unencoded_plus_in_the_offset_is_still_read_as_a_timezone(client, mon
 def test_bad_query_parameters_answer_422_naming_the_parameter(client, params, field):
     response, body = _get(client, "/results", **params)
     assert response.status_code == 422
-    assert body["error"]["code"] == "invalid_query"
-    assert field in body["error"]["details"]
+    assert body["error"]["code"] == "validation_error"
+    assert field in body["error"]["details"]["fields"]
     assert body["error"]["request_id"]
 
 
@@ -200,7 +200,7 @@ def test_summary_has_one_row_per_model_with_the_window_figures(client, mongo_db)
 def test_summary_refuses_a_bad_window_with_422(client, window):
     response, body = _get(client, "/summary", window=window)
     assert response.status_code == 422
-    assert "window" in body["error"]["details"]
+    assert "window" in body["error"]["details"]["fields"]
 
 
 @pytest.mark.parametrize("path", ["/results", "/summary"])
