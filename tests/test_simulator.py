@@ -174,3 +174,21 @@ def test_config_round_trips_through_json(tmp_path):
     path = tmp_path / "sim.json"
     path.write_text(json.dumps(SimulatorConfig.default().to_dict()))
     assert SimulatorConfig.from_file(path) == SimulatorConfig.default()
+
+
+def test_percent_encoded_arn_model_id_reaches_its_model(runtime_for):
+    arn = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc123"
+    sim, runtime = runtime_for({"models": {arn: {"ttft": 0.01, "gap": 0.001}}})
+    events = _events(runtime, arn)
+    assert events[-1][1]["metadata"]["usage"]["outputTokens"] == 64
+    assert sim.calls(arn) == 1
+
+
+def test_simulator_process_logs_its_url_and_stops_cleanly_on_sigterm(bedrock_sim):
+    sim = bedrock_sim()
+    sim.stop()
+    assert sim.proc.returncode == 0
+    log = sim.log_path.read_text()
+    assert f"listening on {sim.url}" in log
+    assert "sim.fast-v1" in log
+    assert "stopped" in log

@@ -28,6 +28,7 @@ class SimulatorHandle:
     url: str
     env: dict[str, str]
     config: SimulatorConfig
+    log_path: Path
     proc: subprocess.Popen = field(repr=False)
 
     def stats(self) -> dict[str, Any]:
@@ -56,7 +57,8 @@ def start_simulator(config: SimulatorConfig, config_dir: Path) -> SimulatorHandl
     port = free_port()
     path = config_dir / f"simulator-{port}.json"
     path.write_text(json.dumps(config.to_dict()), encoding="utf-8")
-    log = open(config_dir / f"simulator-{port}.log", "ab")  # noqa: SIM115 - owned by the process
+    log_path = config_dir / f"simulator-{port}.log"
+    log = open(log_path, "ab")  # noqa: SIM115 - owned by the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "runner.simulator", str(port), str(path)],
         stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2],
@@ -66,7 +68,7 @@ def start_simulator(config: SimulatorConfig, config_dir: Path) -> SimulatorHandl
     handle = SimulatorHandle(
         url=url,
         env={"AWS_ENDPOINT_URL_BEDROCK_RUNTIME": url, "AWS_ENDPOINT_URL_BEDROCK": url},
-        config=config, proc=proc,
+        config=config, log_path=log_path, proc=proc,
     )
     try:
         wait_for_port("127.0.0.1", port)
