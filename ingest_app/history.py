@@ -60,12 +60,17 @@ def list_results(coll: Collection, match: Mapping[str, Any], *, since: datetime 
     Returns the documents (as stored) and the position to continue from, or None at the end.
 
     Indexes: with provider and model_name in `match`, {provider: 1, model_name: 1, run_ts: -1}
-    gives the order; otherwise {run_ts: -1} does (other equality filters are checked on the
-    way). Neither orders ties of run_ts by _id, so the database sorts by run_ts alone (no
-    blocking sort, the scan stops at the limit) and the records sharing one timestamp are
-    fetched by equality on run_ts and put in _id order: a page never skips or repeats a
-    result even when many share a timestamp.
+    gives the order; with model_name alone, the stored providers are put in as an $in (from a
+    DISTINCT_SCAN of that index's prefix) so the same index serves each provider and the
+    server merges them in run_ts order, rather than walking {run_ts: -1} past every other
+    model's results; otherwise {run_ts: -1} gives the order. Neither orders ties of run_ts
+    by _id, so the database sorts by run_ts alone (no blocking sort, the scan stops at the
+    limit) and the records sharing one timestamp are fetched by equality on run_ts and put
+    in _id order: a page never skips or repeats a result even when many share a timestamp.
     """
+    if "model_name" in match and "provider" not in match:
+        match = {**match, "provider": {"$in": sorted(
+            p for p in coll.distinct("provider") if isinstance(p, str))}}
     out: list[dict[str, Any]] = []
     upper = until
     if after is not None:
