@@ -48,7 +48,9 @@ def _invalid(problems: dict[str, str]) -> ApiError:
 
 def _authorize(*, page: bool = False) -> None:
     """Let the caller read, or raise the 401; a public board skips the key."""
-    if settings.current().public_read:
+    # Even a public board refuses a key in the query string (authenticate answers 401).
+    if settings.current().public_read and not any(
+            name.lower() in auth.QUERY_KEY_PARAMS for name in request.args):
         return
     auth.authenticate(allow_read=True, allow_basic=page)
 
@@ -78,7 +80,7 @@ def _limit(problems: dict[str, str]) -> int:
     raw = request.args.get("limit")
     if raw is None:
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not 1 <= int(raw) <= MAX_LIMIT:
         problems["limit"] = f"must be a whole number from 1 to {MAX_LIMIT}"
         return DEFAULT_LIMIT
     return int(raw)

@@ -106,6 +106,8 @@ def test_an_unencoded_plus_in_the_offset_is_still_read_as_a_timezone(client, mon
     ({"limit": "1001"}, "limit"),
     ({"limit": "ten"}, "limit"),
     ({"limit": "-5"}, "limit"),
+    ({"limit": "9" * 5000}, "limit"),
+    ({"limit": "\u0661\u0662"}, "limit"),
     ({"cursor": "not-a-cursor"}, "cursor"),
     ({"cursor": base64.urlsafe_b64encode(b"1:zz").decode()}, "cursor"),
     ({"model_name": ""}, "model_name"),
@@ -233,6 +235,8 @@ def test_public_read_opens_results_and_summary_without_a_key(ingest_settings, mo
         with app.test_client() as client:
             assert client.get("/results").status_code == 200
             assert client.get("/summary").status_code == 200
+            leaked = client.get("/summary", query_string={"token": TEST_KEYS["runner-a"]})
+            assert leaked.status_code == 401
     finally:
         app.extensions["bench_ingest.db"].close()
 
