@@ -1,0 +1,343 @@
+"""bench-runner as a user meets it: help, config errors, output and exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from runner.cli import ExitCode, main
+from runner.outbox import Outbox
+from tests.support.mongo import free_port, wait_for_port
+from tests.support.runner import SCRIPTED_KEY, Scripted, make_failure, make_result
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_RUNNER = str(Path(sys.executable).with_name("bench-runner"))
+FAST = {"ttft": 0.05, "gap": 0.005, "tokens_per_delta": 4, "output_tokens": 16}
+SIM = {"models": {
+    "sim.a-v1": FAST,
+    "sim.b-v1": FAST,
+    "sim.retired-v1": {"error": "end_of_life", "lifecycle": "LEGACY"},
+    "sim.profile-only-v1": {**FAST, "error": "on_demand_not_supported"},
+    "us.sim.profile-only-v1": FAST,
+}}
+
+
+@pytest.fixture
+def env(tmp_path, scripted_ingest):
+    """The runner's environment for a working run, on this test's state dir."""
+    return {
+        "INGEST_API_URL": scripted_ingest.ingest_url,
+        "INGEST_API_KEY": SCRIPTED_KEY,
+        "BENCH_RUNNER_STATE_DIR": str(tmp_path / "state"),
+        "BENCHMARK_MODELS": "sim.a-v1",
+    }
+
+
+@pytest.fixture
+def sim(bedrock_sim):
+    return bedrock_sim(SIM)
+
+
+def invoke(args, env):
+    return CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+
+
+def run_cli(args, env, timeout=60):
+    """bench-runner as a real process, with the test's environment (simulator included)."""
+    full = {k: v for k, v in os.environ.items()
+            if not k.startswith(("INGEST_", "BENCHMARK_", "BENCH_RUNNER_"))}
+    full.update(env)
+    return subprocess.run([BENCH_RUNNER, *args], env=full, capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+# -- help ---------------------------------------------------------------------
+
+
+def test_once_help_names_every_option_with_its_env_var_and_default():
+    result = invoke(["once", "--help"], {})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for env_var in ("INGEST_API_URL", "BENCHMARK_MODELS", "BENCH_RUNNER_STATE_DIR",
+                    "AWS_REGION", "BENCH_RUNNER_CONCURRENCY", "BENCH_RUNNER_MAX_PENDING",
+                    "INGEST_API_KEY"):
+        assert env_var in text
+    for default in ("default: 64", "default: 0.1", "default: cloud-default-v1",
+                    "default: 1;", "default: bedrock", "default: 10000"):
+        assert default in text
+    for code in ExitCode:
+        assert f"{int(code)} " in text
+
+
+def test_top_level_help_lists_commands_and_exit_codes():
+    result = invoke(["--help"], {})
+    for command in ("once", "daemon", "models", "outbox", "simulate"):
+        assert command in result.output
+    assert "check INGEST_API_KEY" in result.output
+
+
+def test_help_does_not_import_boto3_or_requests():
+    code = ("import sys; from runner.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('boto3', 'botocore', 'requests') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, timeout=30, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+# -- configuration errors -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("missing", "named"), [
+    ("BENCHMARK_MODELS", "no models"),
+    ("INGEST_API_URL", "INGEST_API_URL is not set"),
+    ("INGEST_API_KEY", "INGEST_API_KEY is not set"),
+])
+def test_missing_setting_is_one_line_and_exit_2_before_any_call(
+        env, scripted_ingest, sim, missing, named):
+    del env[missing]
+    result = invoke(["once"], env)
+    assert result.exit_code == ExitCode.CONFIG
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert named in lines[0]
+    assert scripted_ingest.requests == []
+    assert sim.stats()["calls"] == {}
+
+
+def test_every_problem_is_named_on_the_one_line(tmp_path):
+    result = invoke(["once"], {"BENCH_RUNNER_STATE_DIR": str(tmp_path)})
+    (line,) = result.stderr.strip().splitlines()
+    assert "no models" in line and "INGEST_API_URL" in line and "INGEST_API_KEY" in line
+
+
+def test_no_aws_credentials_is_a_config_error(env, scripted_ingest, sim, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    result = invoke(["once"], env)
+    assert result.exit_code == ExitCode.CONFIG
+    assert "No AWS credentials found" in result.stderr
+    assert scripted_ingest.requests == []
+
+
+def test_changed_prompt_without_a_new_profile_id_is_refused(env, sim):
+    result = invoke(["once", "--max-tokens", "128"], env)
+    assert result.exit_code == ExitCode.CONFIG
+    assert "--profile-id" in result.stderr
+
+
+def test_the_key_never_appears_in_output(env, sim, scripted_ingest):
+    scripted_ingest.script("/ingest/batch", Scripted(401, {"error": {"code": "unauthorized",
+                                                                     "message": "no"}}))
+    result = invoke(["once", "--log-level", "debug"], env)
+    assert SCRIPTED_KEY not in result.output
+    assert SCRIPTED_KEY not in result.stderr
+
+
+# -- once -------------------------------------------------------------------------
+
+
+def test_once_prints_a_line_per_model_and_a_table_and_exits_0(env, sim, scripted_ingest):
+    result = invoke(["once", "--models", "sim.a-v1,sim.b-v1", "--concurrency", "2"], env)
+    assert result.exit_code == ExitCode.OK, result.stderr
+    lines = result.output.splitlines()
+    assert any(line.startswith("sim.a-v1: ok  TTFT 0.0") for line in lines)
+    assert any(line.startswith("sim.b-v1: ok") for line in lines)
+    header = next(line for line in lines if line.startswith("MODEL"))
+    assert header.split() == ["MODEL", "OUTCOME", "TTFT", "s", "TOK/S", "TOKENS"]
+    row = next(line for line in lines if line.startswith("sim.a-v1 "))
+    assert row.split()[1] == "ok"
+    assert row.split()[-1] == "16"
+    assert "delivered 2 (0 already stored), dead-lettered 0, pending 0" in result.output
+    assert len(scripted_ingest.stored) == 2
+
+
+def test_once_json_prints_results_for_scripts(env, sim, scripted_ingest):
+    result = invoke(["once", "--models", "sim.a-v1,sim.retired-v1", "--json"], env)
+    doc = json.loads(result.stdout)
+    assert doc["exit_code"] == ExitCode.MODEL_FAILED == result.exit_code
+    assert [r["model_name"] for r in doc["results"]] == ["sim.a-v1"]
+    assert doc["results"][0]["output_tokens"] == 16
+    assert [f["error_kind"] for f in doc["failures"]] == ["model_unavailable"]
+    assert doc["delivery"]["pending"] == 0
+    assert "sim.a-v1: ok" in result.stderr  # progress goes to stderr, JSON alone on stdout
+
+
+def test_on_demand_refusal_is_reported_with_the_profile_hint(env, sim, scripted_ingest):
+    result = invoke(["once", "--models", "sim.profile-only-v1"], env)
+    assert result.exit_code == ExitCode.MODEL_FAILED
+    assert "FAILED invalid_request" in result.output
+    assert "inference" in result.output.lower()
+
+
+@pytest.mark.parametrize(("answer", "code", "message"), [
+    (Scripted(401, {"error": {"code": "unauthorized", "message": "no"}}), ExitCode.AUTH,
+     "check INGEST_API_KEY"),
+    (Scripted(422, {"error": {"code": "invalid", "message": "bad"}}), ExitCode.DEAD,
+     "outbox status"),
+    (Scripted(503, None, {"Retry-After": "120"}), ExitCode.PENDING, "wait in pending/"),
+])
+def test_once_exit_code_says_what_happened_to_delivery(env, sim, scripted_ingest, answer,
+                                                       code, message):
+    scripted_ingest.script("/ingest/batch", answer)
+    result = run_cli(["once"], {**env, **sim.env})
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+
+
+def test_once_with_the_api_down_exits_4_and_the_next_run_delivers(env, sim, scripted_ingest):
+    down = {**env, **sim.env, "INGEST_API_URL": f"http://127.0.0.1:{free_port()}/ingest"}
+    first = run_cli(["once"], down)
+    assert first.returncode == ExitCode.PENDING
+    assert "pending 1" in first.stdout
+    flushed = invoke(["outbox", "flush", "--now"], env)
+    assert flushed.exit_code == ExitCode.OK
+    assert "delivered 1" in flushed.output
+    assert len(scripted_ingest.stored) == 1
+
+
+def test_once_with_a_full_outbox_measures_nothing_and_exits_6(env, sim, tmp_path):
+    down = {**env, **sim.env, "INGEST_API_URL": f"http://127.0.0.1:{free_port()}/ingest",
+            "BENCH_RUNNER_MAX_PENDING": "1"}
+    box = Outbox(tmp_path / "state")
+    box.put(make_result())
+    result = run_cli(["once"], down)
+    assert result.returncode == ExitCode.OUTBOX_FULL
+    assert "bound of 1" in result.stderr
+    assert box.pending_count() == 1
+    assert sim.stats()["calls"].get("sim.a-v1", 0) == 0
+
+
+def test_a_failed_model_exits_3_after_its_failure_is_delivered(env, sim, scripted_ingest):
+    result = run_cli(["once", "--models", "sim.a-v1,sim.retired-v1"], {**env, **sim.env})
+    assert result.returncode == ExitCode.MODEL_FAILED
+    assert "sim.retired-v1: FAILED model_unavailable" in result.stdout
+    assert [p.json()["model_name"] for p in scripted_ingest.posts("/ingest/error")] == \
+        ["sim.retired-v1"]
+
+
+# -- outbox commands ------------------------------------------------------------------
+
+
+def test_outbox_status_shows_counts_age_and_dead_reasons(env, scripted_ingest, tmp_path):
+    box = Outbox(tmp_path / "state")
+    box.put(make_result())
+    box.put(make_failure())
+    scripted_ingest.script("/ingest/error", Scripted(422, {"error": {"code": "invalid",
+                                                                     "message": "bad"}}))
+    flushed = invoke(["outbox", "flush"], env)
+    assert flushed.exit_code == ExitCode.DEAD
+    box.put(make_result())
+    result = invoke(["outbox", "status"], env)
+    assert result.exit_code == 0
+    assert "pending: 1 (oldest 0s old" in result.output
+    assert "dead: 1" in result.output
+    assert "HTTP 422" in result.output
+    doc = json.loads(invoke(["outbox", "status", "--json"], env).output)
+    assert (doc["pending"], doc["dead"]) == (1, 1)
+
+
+def test_outbox_requeue_then_flush_delivers_what_a_bad_key_refused(env, scripted_ingest,
+                                                                    tmp_path):
+    box = Outbox(tmp_path / "state")
+    box.put(make_result())
+    scripted_ingest.script("/ingest/batch", Scripted(401, None))
+    assert invoke(["outbox", "flush"], env).exit_code == ExitCode.AUTH
+    assert "moved 1 record(s)" in invoke(["outbox", "requeue"], env).output
+    assert invoke(["outbox", "flush"], env).exit_code == ExitCode.OK
+    assert len(scripted_ingest.stored) == 1
+
+
+# -- models and simulate ----------------------------------------------------------
+
+
+def test_models_lists_the_catalogue_and_marks_profile_only_models(sim):
+    result = invoke(["models", "--region", "us-east-1"], {})
+    assert result.exit_code == 0, result.stderr
+    assert "sim.a-v1" in result.output
+    row = next(line for line in result.output.splitlines()
+               if line.startswith("sim.profile-only-v1 "))
+    assert "needs an inference-profile id" in row
+    doc = json.loads(invoke(["models", "--region", "us-east-1", "--json"], {}).output)
+    assert {e["model_id"] for e in doc} >= {"sim.a-v1", "sim.b-v1"}
+
+
+def test_simulate_serves_until_sigterm(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([BENCH_RUNNER, "simulate", "--port", str(port)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port("127.0.0.1", port)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    assert f"AWS_ENDPOINT_URL_BEDROCK_RUNTIME=http://127.0.0.1:{port}" in err
+
+
+# -- daemon -----------------------------------------------------------------------------
+
+
+def test_daemon_runs_cycles_until_sigterm_and_stops_cleanly(env, sim, scripted_ingest):
+    full = {k: v for k, v in os.environ.items()
+            if not k.startswith(("INGEST_", "BENCHMARK_", "BENCH_RUNNER_"))}
+    full.update(env)
+    full.update(sim.env)
+    proc = subprocess.Popen([BENCH_RUNNER, "daemon", "--interval", "0.01"], env=full,
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(scripted_ingest.stored) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert len(scripted_ingest.stored) >= 2
+    assert proc.returncode == 0
+    assert "daemon stopped after" in err
+    assert Outbox(Path(env["BENCH_RUNNER_STATE_DIR"])).pending_count() == 0
+
+
+def test_daemon_survives_a_bad_cycle(env, sim, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    calls = []
+
+    def flaky_cycle(settings, provider, outbox, client, **kw):
+        calls.append(kw)
+        if len(calls) == 1:
+            raise RuntimeError("the first cycle breaks")
+        report = real_cycle(settings, provider, outbox, client, **kw)
+        os.kill(os.getpid(), signal.SIGTERM)  # stop after the second cycle
+        return report
+
+    from runner import cycle as cycle_module
+
+    real_cycle = cycle_module.run_cycle
+    monkeypatch.setattr(cycle_module, "run_cycle", flaky_cycle)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        result = invoke(["daemon", "--interval", "0"], env)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert result.exit_code == 0
+    assert len(calls) == 2
+    assert "cycle 1 failed" in caplog.text
+    assert "RuntimeError: the first cycle breaks" in caplog.text
+    assert "cycle 2 exit=0" in caplog.text
+    assert "daemon stopped after 2 cycle(s)" in caplog.text
