@@ -91,7 +91,6 @@ Check it:
   systemctl list-timers bench-runner.timer     # when the next run starts
   sudo systemctl start bench-runner.service    # run once now (waits for it)
   journalctl -u bench-runner.service -n 50     # what the last runs said
-  sudo systemd-run --quiet --pipe --wait -p DynamicUser=yes -p User=bench-runner \\
-      -p StateDirectory=bench-runner -p EnvironmentFile=/etc/bench-runner/runner.env \\
-      /opt/bench-runner/bin/bench-runner outbox status   # results waiting, as the service sees them
+  sudo BENCH_RUNNER_STATE_DIR=/var/lib/bench-runner \\
+      /opt/bench-runner/bin/bench-runner outbox status   # results waiting for delivery
 EOF
