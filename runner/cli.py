@@ -8,9 +8,6 @@ boto3 and requests are imported inside the commands that use them so that
 
 from __future__ import annotations
 
-import json
-import logging
-import signal
 import sys
 import time
 from enum import IntEnum
@@ -27,7 +24,6 @@ from . import settings as cfg
 if TYPE_CHECKING:
     from .cycle import CycleReport, ModelOutcome
 
-log = logging.getLogger("runner")
 
 
 class ExitCode(IntEnum):
@@ -156,6 +152,8 @@ def _measure_options(f: Any) -> Any:
 
 
 def _configure_logging(level: str) -> None:
+    import logging
+
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
@@ -269,6 +267,8 @@ def once(ctx: click.Context, as_json: bool, log_level: str, **opts: Any) -> None
         provider.close()
     code = exit_code(report)
     if as_json:
+        import json
+
         click.echo(json.dumps({"exit_code": int(code), **report.to_json()}, indent=2))
     else:
         click.echo("")
@@ -313,9 +313,13 @@ def daemon(interval: float, log_level: str, **opts: Any) -> None:
     settings = _settings(opts, need_models=True, need_delivery=True)
     outbox = _outbox(settings)
     provider = _warm_provider(settings)
+    import logging
+    import signal
+
     from .cycle import run_cycle
     from .ingest_client import IngestClient
 
+    log = logging.getLogger("runner")
     stop = _StopSignal()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -352,6 +356,7 @@ def daemon(interval: float, log_level: str, **opts: Any) -> None:
 def models_command(provider: str, region: str | None, as_json: bool) -> None:
     """List the models you can measure (text output, streaming) and inference profiles."""
     import dataclasses
+    import json
 
     from .provider import SetupError, get_provider
 
@@ -404,6 +409,7 @@ def _age(seconds: float | None) -> str:
 def status(state_dir: Path | None, as_json: bool) -> None:
     """Counts, the oldest record's age, and each dead record with its reason."""
     import dataclasses
+    import json
 
     settings = cfg.load(state_dir=state_dir)
     st = _outbox(settings).status()
