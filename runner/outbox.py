@@ -530,7 +530,9 @@ class Outbox:
                        "the ingest API refused the key (check INGEST_API_KEY)")
             report.dead += 1
             if not report.auth_refused:
-                report.problems.append("the ingest API answered 401: check INGEST_API_KEY")
+                report.problems.append(
+                    "the ingest API answered 401: check INGEST_API_KEY, then move the refused "
+                    "records back with `bench-runner outbox requeue`")
             report.auth_refused = True
             return False
         if status in PERMANENT_STATUSES:

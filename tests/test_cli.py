@@ -341,3 +341,23 @@ def test_daemon_survives_a_bad_cycle(env, sim, monkeypatch, caplog):
     assert "RuntimeError: the first cycle breaks" in caplog.text
     assert "cycle 2 exit=0" in caplog.text
     assert "daemon stopped after 2 cycle(s)" in caplog.text
+
+
+# -- settings -------------------------------------------------------------------------
+
+
+def test_state_dir_follows_systemd_then_the_user_state_dir(tmp_path):
+    from runner.settings import default_state_dir, load
+
+    assert default_state_dir({"STATE_DIRECTORY": "/var/lib/bench-runner:/other"}) == \
+        Path("/var/lib/bench-runner")
+    assert default_state_dir({}).name == "bench-runner"
+    explicit = load(state_dir=tmp_path, environ={"STATE_DIRECTORY": "/var/lib/x"})
+    assert explicit.state_dir == tmp_path
+
+
+def test_models_are_split_trimmed_and_deduplicated():
+    from runner.settings import load
+
+    settings = load(state_dir="/tmp/x", models=" a, b,,a ,c ", environ={})
+    assert settings.models == ("a", "b", "c")
