@@ -118,7 +118,7 @@ class Services:
 
     def start(self, what: str, argv: list[str], env: dict[str, str], log_name: str,
               ) -> tuple[subprocess.Popen, Path]:
-        """Start one background process with its output in .demo/<log_name>."""
+        """Start one background process with its output in <workdir>/<log_name>."""
         log = self.workdir / log_name
         with open(log, "ab") as out:
             proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=out,  # noqa: S603
@@ -160,7 +160,7 @@ def terminated_as_interrupt() -> Iterator[None]:
 
 
 def start_mongo(services: Services, workdir: Path) -> str:
-    """nx-27017 with its data under .demo/mongo; returns its URI."""
+    """nx-27017 with its data under <workdir>/mongo; returns its URI."""
     port = free_port()
     data = workdir / "mongo"
     data.mkdir(parents=True, exist_ok=True)
@@ -318,16 +318,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", default=os.environ.get("BENCHMARK_MODELS", ""),
                         help="comma-separated model ids (default: the simulator's models)")
     parser.add_argument("--region", default=None, help="AWS region for --real-bedrock")
+    parser.add_argument("--workdir", type=Path, default=REPO / ".demo",
+                        help="where the database, the outbox and the logs go")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; the exit status says whether the pipeline behaved as designed."""
     args = parse_args(argv)
-    workdir = REPO / ".demo"
-    # A fresh directory each time: the counts shown are this run's.
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir()
+    workdir = args.workdir.resolve()
+    # Fresh data each time, so the counts shown are this run's. Only what the demo
+    # itself makes is removed, whatever directory it was pointed at.
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in ("mongo", "runner-state"):
+        shutil.rmtree(workdir / name, ignore_errors=True)
+    for name in ("mongo.log", "ingest.log", "simulator.log"):
+        (workdir / name).unlink(missing_ok=True)
     state_dir = workdir / "runner-state"
     key = secrets.token_urlsafe(32)
     services = Services(workdir)
@@ -346,9 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     with terminated_as_interrupt():
         try:
-            print("== starting the services (logs under .demo/) ==")
+            print(f"== starting the services (logs under {workdir}) ==")
             mongo_uri = start_mongo(services, workdir)
-            print(f"nx-27017        {mongo_uri}  (data: .demo/mongo)")
+            print(f"nx-27017        {mongo_uri}  (data: {workdir / 'mongo'})")
             ingest_url = start_ingest(services, mongo_uri, key)
             print(f"ingest app      {ingest_url}  (gunicorn, key {RUNNER_NAME}:<generated>)")
             simulator_url = None
