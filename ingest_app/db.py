@@ -54,6 +54,7 @@ class _Handle:
         self.client: pymongo.MongoClient | None = None
         self.pid = 0
         self.indexes_ready = False
+        self.collections: dict[str, Collection] = {}
 
     def get(self) -> pymongo.MongoClient:
         with self.lock:
@@ -61,13 +62,23 @@ class _Handle:
                 self.client = make_client(self.cfg)
                 self.pid = os.getpid()
                 self.indexes_ready = False
+                self.collections = {}
             return self.client
+
+    def collection(self, name: str) -> Collection:
+        # Made once per process: building Database and Collection objects costs on every write.
+        client = self.get()
+        found = self.collections.get(name)
+        if found is None:
+            found = self.collections[name] = client[self.cfg.mongodb_db][name]
+        return found
 
     def close(self) -> None:
         with self.lock:
             if self.client is not None and self.pid == os.getpid():
                 self.client.close()
             self.client = None
+            self.collections = {}
 
 
 def make_client(cfg: Settings) -> pymongo.MongoClient:
@@ -97,12 +108,12 @@ def get_db() -> Database:
 
 def results() -> Collection:
     """The results collection."""
-    return get_db()[settings.current().results_collection]
+    return _handle().collection(settings.current().results_collection)
 
 
 def errors() -> Collection:
     """The failed-attempts collection."""
-    return get_db()[settings.current().errors_collection]
+    return _handle().collection(settings.current().errors_collection)
 
 
 def ensure_indexes(db: Database, cfg: Settings) -> None:

@@ -127,9 +127,10 @@ class Gunicorn:
 
 @contextlib.contextmanager
 def start_gunicorn(
-    env: dict[str, str], *, workers: int = 2, timeout: int = 30, threads: int = 4
+    env: dict[str, str], *, workers: int = 2, timeout: int = 30, threads: int = 4,
+    app: str = "ingest_app:create_app()",
 ) -> Iterator[Gunicorn]:
-    """Run gunicorn with the repo's config on a free loopback port; stop it afterwards."""
+    """Run `app` under gunicorn with the repo's config on a free loopback port; stop it after."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="gunicorn-test-") as tmp:
         child_env = {
@@ -149,7 +150,7 @@ def start_gunicorn(
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"),
-                 "ingest_app:create_app()"],
+                 app],
                 cwd=REPO, env=child_env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
