@@ -84,8 +84,16 @@ class _Handle:
 def make_client(cfg: Settings) -> pymongo.MongoClient:
     """A client that opens no socket until used and never waits on the database for long."""
     timeout_ms = int(cfg.db_timeout_seconds * 1000)
+    options: dict = {}
+    probe = pymongo.MongoClient(cfg.mongodb_uri, connect=False)
+    if not probe.write_concern.acknowledged:
+        # A 201 promises the database has the result: never with unacknowledged writes.
+        log.warning("MONGODB_URI asks for unacknowledged writes (w=0); using w=1")
+        options["w"] = 1
+    probe.close()
     return pymongo.MongoClient(
         cfg.mongodb_uri,
+        **options,
         connect=False,
         appname="bench-ingest",
         tz_aware=True,

@@ -279,3 +279,33 @@ def test_gzip_body_gets_415_from_real_gunicorn(ingest_server, route):
     with requests.post(f"{ingest_server.url}{route}", data=body, timeout=10, headers={
             **HEADERS, "Content-Type": "application/json", "Content-Encoding": "gzip"}) as ans:
         assert ans.status_code == 415
+
+
+def test_batch_with_the_database_down_answers_503_and_a_resend_stores_each_once(
+        killable_mongo, mongo_db_name):
+    from ingest_app import create_app
+    from ingest_app.settings import Settings
+
+    app = create_app(Settings(mongodb_uri=killable_mongo.uri, mongodb_db=mongo_db_name,
+                              api_keys=tuple(TEST_KEYS.items()), db_timeout_seconds=1.0))
+    items = [result_payload() for _ in range(20)]
+    try:
+        with app.test_client() as client:
+            assert client.post("/ingest/batch", json={"results": items[:5]},
+                               headers=HEADERS).status_code == 200
+            killable_mongo.stop()
+            down = client.post("/ingest/batch", json={"results": items}, headers=HEADERS)
+            assert down.status_code == 503
+            assert down.get_json()["error"]["code"] == "database_unavailable"
+            assert int(down.headers["Retry-After"]) > 0
+            killable_mongo.start()
+            deadline = time.monotonic() + 20
+            while (again := client.post("/ingest/batch", json={"results": items},
+                                        headers=HEADERS)).status_code == 503:
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+    finally:
+        app.extensions["bench_ingest.db"].close()
+    statuses = [item["status"] for item in again.get_json()["results"]]
+    assert statuses == ["duplicate"] * 5 + ["created"] * 15
+    assert count(killable_mongo.uri, mongo_db_name) == 20

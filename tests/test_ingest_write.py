@@ -187,3 +187,37 @@ def test_received_at_is_close_to_now(client, auth_headers, mongo_db):
     stored = mongo_db["metrics_cloud_v2"].find_one({"result_id": payload["result_id"]})
     age = datetime.now(UTC).replace(tzinfo=None) - stored["received_at"]
     assert 0 <= age.total_seconds() < 60
+
+
+def test_writes_are_acknowledged_even_when_the_uri_asks_for_w0(ingest_settings, mongo_db):
+    from dataclasses import replace
+
+    from ingest_app import create_app
+
+    unacknowledged = replace(ingest_settings, mongodb_uri=ingest_settings.mongodb_uri + "?w=0")
+    app = create_app(unacknowledged)
+    payload = result_payload()
+    try:
+        with app.test_client() as client:
+            headers = {"X-API-Key": TEST_KEYS["runner-a"]}
+            first = client.post("/ingest", json=payload, headers=headers)
+            # With w=0 the duplicate-key error would never come back and this would say 201.
+            second = client.post("/ingest", json=payload, headers=headers)
+    finally:
+        app.extensions["bench_ingest.db"].close()
+    assert (first.status_code, second.status_code) == (201, 200)
+    assert mongo_db["metrics_cloud_v2"].count_documents({}) == 1
+
+
+def test_a_bug_answers_500_in_the_one_shape_without_a_traceback(app, caplog):
+    def broken():
+        raise KeyError("internal detail")
+
+    app.add_url_rule("/broken", view_func=broken)
+    with app.test_client() as client:
+        answer = client.get("/broken")
+    assert answer.status_code == 500
+    error = answer.get_json()["error"]
+    assert error["code"] == "internal_error"
+    assert "internal detail" not in answer.get_data(as_text=True)
+    assert any(error["request_id"] in record.getMessage() for record in caplog.records)
