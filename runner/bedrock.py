@@ -39,6 +39,10 @@ _CREDENTIAL_CODES = frozenset({
     "InvalidClientTokenId", "SignatureDoesNotMatch",
 })
 _EARLIER_MESSAGE_CHARS = 300
+# A pooled connection idle longer than this may have been closed by the far end;
+# re-warm before the timer rather than reconnect inside it.
+IDLE_REWARM_SECONDS = 15.0
+WARM_ROUNDS = 3
 
 
 @dataclass
@@ -91,30 +95,40 @@ class BedrockProvider:
         self._runtime: Any = None
         self._control: Any = None
         self._sent = threading.local()
+        self._last_used = time.monotonic()
 
     # Set-up
 
     def warm(self) -> None:
-        """Create the client, resolve credentials and open `concurrency` warm connections."""
+        """Create the client once, resolve credentials, and (re)open `concurrency` warm connections.
+
+        Called again before each cycle, it re-warms the pool: connections left idle
+        between daemon cycles may have been closed by the far end.
+        """
         with self._lock:
-            if self._runtime is not None:
-                return
-            session = self._resolve_session()
-            try:
-                runtime = session.client("bedrock-runtime", config=self._config())
-            except BotoCoreError as exc:
-                raise SetupError(f"Cannot create a Bedrock client in {self.region}: {exc}") \
-                    from exc
-            runtime.meta.events.register("before-send.bedrock-runtime.ConverseStream",
-                                         self._mark_sent)
-            self._runtime = runtime
+            if self._runtime is None:
+                self._runtime = self._create_runtime()
+                fresh = True
+            else:
+                fresh = False
         try:
             self._warm_connections(self.concurrency, strict=True)
         except SetupError:
             self.close()
             raise
-        log.info("bedrock ready: region=%s endpoint=%s connections=%d", self.region,
-                 self._runtime.meta.endpoint_url, self.concurrency)
+        if fresh:
+            log.info("bedrock ready: region=%s endpoint=%s connections=%d", self.region,
+                     self._runtime.meta.endpoint_url, self.concurrency)
+
+    def _create_runtime(self) -> Any:
+        session = self._resolve_session()
+        try:
+            runtime = session.client("bedrock-runtime", config=self._config())
+        except BotoCoreError as exc:
+            raise SetupError(f"Cannot create a Bedrock client in {self.region}: {exc}") from exc
+        runtime.meta.events.register("before-send.bedrock-runtime.ConverseStream",
+                                     self._mark_sent)
+        return runtime
 
     def _resolve_session(self) -> boto3.session.Session:
         if self._session is not None:
@@ -148,13 +162,26 @@ class BedrockProvider:
         )
 
     def _warm_connections(self, count: int, *, strict: bool) -> None:
-        """Make `count` overlapping cheap calls so the pool holds that many open connections."""
+        """Leave at least `count` open connections in the pool, made by cheap overlapping calls.
+
+        Calls that do not overlap share one connection, so the pool is checked and
+        the round repeated a few times if it came up short.
+        """
+        for _ in range(WARM_ROUNDS):
+            self._warm_round(count, strict=strict)
+            idle = self._idle_connections()
+            if idle is None or idle >= count:
+                return
+        log.warning("bedrock warm-up opened %s of %d connections", idle, count)
+
+    def _warm_round(self, count: int, *, strict: bool) -> None:
         barrier = threading.Barrier(count)
 
         def call() -> None:
             if count > 1:
                 barrier.wait(timeout=10)
             self._warm_call(strict=strict)
+            self._last_used = time.monotonic()
 
         if count == 1:
             call()
@@ -162,6 +189,15 @@ class BedrockProvider:
         with ThreadPoolExecutor(max_workers=count, thread_name_prefix="bedrock-warm") as pool:
             for future in [pool.submit(call) for _ in range(count)]:
                 future.result()
+
+    def _idle_connections(self) -> int | None:
+        """Open connections waiting in the runtime endpoint's pool, if botocore lets us see."""
+        try:
+            manager = self._runtime._endpoint.http_session._manager
+            pool = manager.connection_from_url(self._runtime.meta.endpoint_url)
+            return sum(1 for conn in list(pool.pool.queue) if conn is not None)
+        except Exception:  # noqa: BLE001 - private internals; without them, trust one round
+            return None
 
     def _warm_call(self, *, strict: bool) -> None:
         # An unknown model id is refused (400) without being billed, after the TLS
@@ -189,7 +225,8 @@ class BedrockProvider:
 
     def measure(self, model_id: str, profile: Profile) -> Result | Failure:
         """Measure one model, retrying throttling, transient faults and timeouts a few times."""
-        self.warm()
+        if self._runtime is None:
+            self.warm()
         earlier: list[dict[str, Any]] = []
         first_ts: datetime | None = None
         attempt = 0
@@ -223,6 +260,8 @@ class BedrockProvider:
             inference["temperature"] = profile.temperature
         # Refresh near-expiry credentials (instance role) here, not inside the call.
         self._credentials.get_frozen_credentials()
+        if time.monotonic() - self._last_used > IDLE_REWARM_SECONDS:
+            self._warm_connections(1, strict=False)
         self._sent.at = None
         called_wall, called = datetime.now(UTC), time.perf_counter()
         stage, request_id, stream, seen = "call", None, None, None
@@ -253,6 +292,7 @@ class BedrockProvider:
         finally:
             if stream is not None:
                 stream.close()
+            self._last_used = time.monotonic()
 
     def _judge(self, model_id: str, profile: Profile, seen: _Stream, attempts: int,
                earlier: list[dict[str, Any]]) -> Result | _AttemptFailed:

@@ -324,11 +324,11 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, TypeError, AttributeError):
             self._send_error(400, "ValidationException", "Malformed input request.")
             return
+        call_no = self.server.count_call(model_id)
         behaviour = self.server.config.models.get(model_id)
         if behaviour is None:
             self._answer_unknown(model_id)
             return
-        call_no = self.server.count_call(model_id)
         faulty = behaviour.fail_first_calls is None or call_no <= behaviour.fail_first_calls
         if faulty and behaviour.error:
             status, name, message = PRE_STREAM_ERRORS[behaviour.error]

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import bench_contract as contract
-from runner.bedrock import BedrockProvider
+from runner.bedrock import WARM_MODEL_ID, BedrockProvider
 from runner.provider import SetupError, get_provider
 from runner.records import Failure, Profile, Result
 from runner.simulator import ModelBehaviour, SimulatorConfig
@@ -330,3 +330,22 @@ def test_get_provider_gives_a_bedrock_provider_with_the_options(bedrock_sim):
         assert isinstance(provider.measure("sim.fast-v1", PROFILE), Result)
     finally:
         provider.close()
+
+
+def test_warming_again_rewarms_the_pool_without_new_connections(provider_for):
+    sim, provider = provider_for({"m": ModelBehaviour(ttft=0.01, gap=0.002)}, concurrency=2)
+    provider.warm()
+    _result(provider.measure("m", PROFILE))
+    assert sim.calls(WARM_MODEL_ID) == 4
+    assert sim.stats()["connections"] == 2
+
+
+def test_idle_connection_is_rewarmed_before_the_timer(provider_for, monkeypatch):
+    sim, provider = provider_for({"m": ModelBehaviour(ttft=0.05, gap=0.002)})
+    warm_calls = sim.calls(WARM_MODEL_ID)
+    _result(provider.measure("m", PROFILE))
+    assert sim.calls(WARM_MODEL_ID) == warm_calls, sim.stats()
+    monkeypatch.setattr("runner.bedrock.IDLE_REWARM_SECONDS", 0.0)
+    _assert_figures_match(_result(provider.measure("m", PROFILE)), sim, "m")
+    # At least one warm-up call; more only if a round left the pool short.
+    assert sim.calls(WARM_MODEL_ID) > warm_calls, sim.stats()
