@@ -75,6 +75,24 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True)
+class _Unproven:
+    """A 2xx whose body does not show the record was stored: handled like no answer."""
+
+    status: None
+    error: str
+    body: Any = None
+    retry_after: float | None = None
+    delivered: bool = False
+
+    def describe(self) -> str:
+        return self.error
+
+
+def _unproven(answer: Any) -> _Unproven:
+    return _Unproven(status=None, error=f"HTTP {answer.status} without the expected JSON body")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -435,6 +453,11 @@ class Outbox:
                 self._bury_file(name, entry)
                 report.dead += 1
                 continue
+            unsendable = self._unsendable(entry)
+            if unsendable:
+                self._bury(entry, None, None, unsendable)
+                report.dead += 1
+                continue
             due_at = entry.retry_after_until if ignore_backoff else max(
                 entry.next_attempt_at, entry.retry_after_until)
             if due_at > now:
@@ -448,6 +471,17 @@ class Outbox:
         for entry in errors:
             if not self._send_one(client, entry, report):
                 return
+
+    def _unsendable(self, entry: Entry) -> str | None:
+        """Why a record can never be sent (e.g. requeued after being refused at queueing)."""
+        try:
+            size = len(encode(entry.payload))
+        except ValueError as exc:
+            return f"not valid JSON, never sent: {exc}"
+        if size > contract.MAX_BODY_BYTES:
+            return (f"refused to send: body of {size} bytes is over the contract's "
+                    f"{contract.MAX_BODY_BYTES}")
+        return None
 
     def _batches(self, entries: list[Entry]) -> Iterator[list[Entry]]:
         batch: list[Entry] = []
@@ -479,6 +513,10 @@ class Outbox:
             for entry, item in zip(batch, items, strict=True):
                 self._judge_item(entry, item, report)
             return True
+        if answer.delivered:
+            # A 2xx without one status per record (a proxy, a wrong URL): nothing proves
+            # they were stored, so keep them and try again later.
+            answer = _unproven(answer)
         if answer.status in PERMANENT_STATUSES and answer.status != 401 and len(batch) > 1:
             # The envelope was refused whole (e.g. a smaller body limit on the server):
             # send each record alone so each gets its own verdict.
@@ -517,9 +555,11 @@ class Outbox:
 
     def _verdict(self, entry: Entry, answer: Any, report: DrainReport) -> bool:
         """Act on one answer for one record; False means stop draining."""
+        if answer.delivered and not isinstance(answer.body, dict):
+            answer = _unproven(answer)
         if answer.delivered:
             self._delete(entry)
-            if isinstance(answer.body, dict) and answer.body.get("duplicate"):
+            if answer.body.get("duplicate"):
                 report.duplicates += 1
             else:
                 report.delivered += 1

@@ -390,3 +390,26 @@ def test_requeue_moves_dead_records_back_to_pending_for_delivery(
     assert files(outbox.dead) == []
     assert outbox.drain(client).delivered == 1
     assert failure.error_id in scripted_ingest.stored
+
+
+def test_a_2xx_that_does_not_show_the_record_stored_keeps_it_pending(
+        outbox, client, scripted_ingest):
+    # E.g. a proxy or a wrong URL answering 200 with a page: nothing proves delivery.
+    outbox.put(make_result())
+    outbox.put(make_failure())
+    scripted_ingest.script("/ingest/batch", Scripted(200, "<html>welcome</html>"))
+    report = outbox.drain(client)
+    assert report.delivered == 0
+    assert report.retry_later == 1
+    assert outbox.pending_count() == 2
+    assert "without the expected JSON body" in report.problems[0]
+
+
+def test_requeued_unsendable_record_goes_back_to_dead_without_a_request(
+        outbox, client, scripted_ingest):
+    outbox.put(make_result(misc={"blob": "x" * (contract.MAX_BODY_BYTES + 10)}))
+    assert outbox.requeue_dead() == 1
+    report = outbox.drain(client)
+    assert report.dead == 1
+    assert scripted_ingest.requests == []
+    assert outbox.pending_count() == 0
