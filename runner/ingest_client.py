@@ -71,6 +71,12 @@ class _BoundedRetry(Retry):
         new.max_inline_retry_after = self.max_inline_retry_after
         return new
 
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        # urllib3 would also retry a 413 that carries Retry-After; a body too large stays so.
+        if status_code not in INLINE_RETRY_STATUSES:
+            return False
+        return super().is_retry(method, status_code, has_retry_after)
+
     def increment(self, method=None, url=None, response=None, error=None, _pool=None,
                   _stacktrace=None):
         if response is not None:

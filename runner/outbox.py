@@ -32,7 +32,7 @@ from typing import Any
 import bench_contract as contract
 
 from .records import Failure, Result
-from .settings import Settings
+from .settings import ENV_INGEST_URL, Settings
 
 log = logging.getLogger(__name__)
 
@@ -588,6 +588,8 @@ class Outbox:
         self._schedule(entry, status, answer.describe(), answer.retry_after, counted=True)
         report.retry_later += 1
         problem = f"ingest API not taking records ({answer.describe()}); they wait in pending/"
+        if status in (404, 405):
+            problem += f" (is {ENV_INGEST_URL} the full URL of POST /ingest?)"
         if problem not in report.problems:
             report.problems.append(problem)
         return False

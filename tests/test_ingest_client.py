@@ -110,3 +110,12 @@ def test_the_key_never_appears_in_log_lines(settings, scripted_ingest, caplog):
     assert caplog.records
     assert SCRIPTED_KEY not in caplog.text
     assert SCRIPTED_KEY not in repr(settings)
+
+
+def test_413_with_retry_after_is_not_retried_inside_the_call(make_settings, scripted_ingest):
+    settings = make_settings(ingest_url=scripted_ingest.ingest_url, http_retries=2)
+    scripted_ingest.script("/ingest", Scripted(413, None, {"Retry-After": "1"}))
+    with IngestClient(settings) as client:
+        answer = client.post_result(make_result().to_payload())
+    assert answer.status == 413
+    assert len(scripted_ingest.posts("/ingest")) == 1

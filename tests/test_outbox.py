@@ -413,3 +413,14 @@ def test_requeued_unsendable_record_goes_back_to_dead_without_a_request(
     assert report.dead == 1
     assert scripted_ingest.requests == []
     assert outbox.pending_count() == 0
+
+
+def test_wrong_url_keeps_records_pending_and_says_which_setting_to_check(
+        make_settings, scripted_ingest):
+    settings = make_settings(ingest_url=f"{scripted_ingest.url}/wrong")
+    box = Outbox.from_settings(settings)
+    box.put(make_result())
+    with IngestClient(settings) as c:
+        report = box.drain(c)
+    assert box.pending_count() == 1
+    assert "INGEST_API_URL" in report.problems[0]
