@@ -196,6 +196,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--mongodb-uri")
     args = parser.parse_args()
 
@@ -203,10 +204,11 @@ def main() -> None:
     with ExitStack() as stack:
         uri = stack.enter_context(database(args.mongodb_uri))
         env = gunicorn_env(uri, db_name)
-        ingest: Gunicorn = stack.enter_context(start_gunicorn(env, workers=args.workers))
+        ingest: Gunicorn = stack.enter_context(start_gunicorn(
+            env, workers=args.workers, threads=args.threads))
         bare: Gunicorn = stack.enter_context(start_gunicorn(
             {**env, "PYTHONPATH": str(REPO / "bench")}, workers=args.workers,
-            app="bare_json_app:create_app()"))
+            threads=args.threads, app="bare_json_app:create_app()"))
         raw = pymongo_caller(uri, db_name, BATCH)
         raw_one = pymongo_caller(uri, db_name, 1)
         for made in (raw, raw_one):
@@ -234,7 +236,7 @@ def main() -> None:
         return statistics.median(figure(r) for r in rounds[name])
 
     print(f"ingest load: {args.clients} clients, {args.rounds} rounds x {args.seconds:.0f} s, "
-          f"{args.workers} gunicorn workers, medians over rounds")
+          f"{args.workers} gunicorn workers x {args.threads} threads, medians over rounds")
     print(f"{'target':<18}{'results/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'p99/p50':>9}"
           f"{'failed':>8}")
     for name in targets:

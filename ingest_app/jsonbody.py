@@ -129,7 +129,7 @@ def parse(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise _bad_json("The body is not valid UTF-8.", position=exc.start) from exc
     try:
-        return json.loads(
+        document = json.loads(
             text,
             object_pairs_hook=_no_duplicates,
             parse_constant=_constant,
@@ -144,6 +144,27 @@ def parse(body: bytes) -> Any:
         raise _bad_json("The body is nested too deeply.") from exc
     except ValueError as exc:  # int() refusing an absurdly long digit string, and kin
         raise _bad_json("The body holds a value out of range.") from exc
+    # Only an escape can smuggle in a lone surrogate, which no database can store as UTF-8.
+    if ("\\ud" in text or "\\uD" in text) and not _all_unicode(document):
+        raise _bad_json("The body holds a lone UTF-16 surrogate escape; strings must be Unicode.")
+    return document
+
+
+def _all_unicode(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 def read_object(limit: int, timeout: float) -> dict[str, Any]:

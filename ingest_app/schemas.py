@@ -21,6 +21,8 @@ import bench_contract as contract
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+# MongoDB refuses documents nested 100 deep; misc stays far from that.
+MAX_MISC_DEPTH = 16
 
 
 class StrictInteger(fields.Integer):
@@ -107,12 +109,22 @@ class Misc(fields.Dict):
         size = len(json.dumps(loaded, separators=(",", ":"), ensure_ascii=False).encode())
         if size > contract.MAX_MISC_BYTES:
             raise ValidationError(f"Is {size} bytes; the limit is {contract.MAX_MISC_BYTES}.")
+        if _depth(loaded) > MAX_MISC_DEPTH:
+            raise ValidationError(f"Is nested deeper than {MAX_MISC_DEPTH} levels.")
         bad = _bad_keys(loaded)
         if bad:
             raise ValidationError(
                 f"Keys must not start with '$' or hold '.' or NUL: {', '.join(bad[:5])}."
             )
         return loaded
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
 
 
 def _bad_keys(value: Any, path: str = "") -> list[str]:

@@ -55,6 +55,9 @@ def valid_body() -> str:
          .encode(), "beyond int64"),
         (valid_body().replace('"output_tokens": 64', '"output_tokens": ' + "9" * 5000).encode(),
          "absurdly long integer"),
+        (valid_body().replace('"sim.fast-v1"', '"sim\\ud800"').encode(), "lone surrogate"),
+        (valid_body().replace('"req-1"', '"\\uDC00x"').encode(), "lone low surrogate"),
+        (b'{"misc": {"\\ud83d": 1}}', "lone surrogate in a key"),
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
         (b'{"misc": {"x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}}", "nested object"),
     ],
@@ -180,6 +183,8 @@ def test_every_bad_and_unknown_field_is_named(client, auth_headers, mongo_db):
         ("misc", {"$where": 1}),
         ("misc", {"a.b": 1}),
         ("misc", {"pad": "x" * (contract.MAX_MISC_BYTES + 1)}),
+        ("misc", {"bad\u0000key": 1}),
+        ("misc", {"deep": json.loads("[" * 30 + "]" * 30)}),
     ],
 )
 def test_wrong_type_or_value_is_refused_with_422_naming_the_field(client, auth_headers, mongo_db,
@@ -187,6 +192,12 @@ def test_wrong_type_or_value_is_refused_with_422_naming_the_field(client, auth_h
     answer = client.post("/ingest", json=result_payload(**{field: value}), headers=auth_headers)
     _unknown_and_wrong({}, {field}, answer)
     assert_nothing_stored(mongo_db)
+
+
+def test_escaped_surrogate_pair_is_a_valid_character_and_stored(client, auth_headers, mongo_db):
+    body = valid_body().replace('"req-1"', '"req-\\ud83d\\ude80"').encode()
+    assert post_raw(client, auth_headers, body).status_code == 201
+    assert mongo_db["metrics_cloud_v2"].find_one()["request_id"] == "req-\U0001f680"
 
 
 def test_run_ts_just_under_ten_minutes_ahead_is_accepted(client, auth_headers):
