@@ -316,7 +316,7 @@ def daemon(interval: float, log_level: str, **opts: Any) -> None:
     import logging
     import signal
 
-    from .cycle import run_cycle
+    from .cycle import report_cycle_failure, run_cycle
     from .ingest_client import IngestClient
 
     log = logging.getLogger("runner")
@@ -337,8 +337,9 @@ def daemon(interval: float, log_level: str, **opts: Any) -> None:
                              _delivery_line(report))
                     for problem in report.problems():
                         log.warning("cycle %d: %s", cycles + 1, problem)
-                except Exception:  # one bad cycle must not end the daemon
+                except Exception as exc:  # one bad cycle must not end the daemon
                     log.exception("cycle %d failed; the next one runs on schedule", cycles + 1)
+                    report_cycle_failure(settings, outbox, exc)
                 cycles += 1
                 stop.wait(max(0.0, interval * 60 - (time.monotonic() - started)))
     finally:

@@ -111,8 +111,19 @@ def run_cycle(
         if warm:
             provider.warm()
     except SetupError as exc:
+        # Reached in a later daemon cycle (credentials expired, role detached): each
+        # model's silence is reported as a failure so the gap shows where people look.
         report.setup_error = str(exc)
-        report.skipped = list(settings.models)
+        kind = "auth" if "credential" in str(exc).lower() else "unknown"
+        for model in settings.models:
+            record = _setup_failure(settings, provider, model, kind, str(exc))
+            outcome = ModelOutcome(model=model, record=record,
+                                   queued=_queue(record, outbox, client, report,
+                                                 threading.Event()))
+            report.outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
+        report.delivery.add(outbox.drain(client))
         return _finish(report, outbox, started)
 
     report.delivery.add(outbox.drain(client))
@@ -201,6 +212,29 @@ def _queue(record: Result | Failure, outbox: Outbox, client: Any, report: CycleR
     if path.parent == outbox.dead:
         report.refused_at_queue += 1
     return True
+
+
+def report_cycle_failure(settings: Settings, outbox: Outbox, exc: BaseException) -> int:
+    """Queue one failure per model for a cycle that broke; returns how many were queued."""
+    queued = 0
+    for model in settings.models:
+        record = _setup_failure(settings, None, model, "unknown",
+                                f"the cycle failed: {type(exc).__name__}: {exc}")
+        try:
+            outbox.put(record)
+            queued += 1
+        except (OSError, OutboxFull):
+            log.exception("cycle failure not queued model=%s", model)
+    return queued
+
+
+def _setup_failure(settings: Settings, provider: Any, model: str, kind: str,
+                   message: str) -> Failure:
+    return Failure(
+        provider=getattr(provider, "name", None) or settings.provider, model_name=model,
+        ts=datetime.now(UTC), stage="setup", error_kind=kind, message=message,
+        region=getattr(provider, "region", None) or settings.region,
+        benchmark_profile_id=settings.profile.profile_id)
 
 
 def _failure_from_bug(settings: Settings, provider: Any, model: str,

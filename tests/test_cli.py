@@ -217,6 +217,18 @@ def test_once_with_a_full_outbox_measures_nothing_and_exits_6(env, sim, tmp_path
     assert sim.stats()["calls"].get("sim.a-v1", 0) == 0
 
 
+def test_as_a_process_a_clean_run_exits_0_and_a_config_error_exits_2(env, sim,
+                                                                     scripted_ingest):
+    ok = run_cli(["once"], {**env, **sim.env})
+    assert ok.returncode == ExitCode.OK, ok.stderr
+    assert "sim.a-v1: ok" in ok.stdout
+    no_key = {k: v for k, v in {**env, **sim.env}.items() if k != "INGEST_API_KEY"}
+    bad = run_cli(["once"], no_key)
+    assert bad.returncode == ExitCode.CONFIG
+    assert bad.stderr.strip() == "Error: configuration: INGEST_API_KEY is not set"
+    assert len(scripted_ingest.stored) == 1
+
+
 def test_a_failed_model_exits_3_after_its_failure_is_delivered(env, sim, scripted_ingest):
     result = run_cli(["once", "--models", "sim.a-v1,sim.retired-v1"], {**env, **sim.env})
     assert result.returncode == ExitCode.MODEL_FAILED
@@ -313,7 +325,7 @@ def test_daemon_runs_cycles_until_sigterm_and_stops_cleanly(env, sim, scripted_i
     assert Outbox(Path(env["BENCH_RUNNER_STATE_DIR"])).pending_count() == 0
 
 
-def test_daemon_survives_a_bad_cycle(env, sim, monkeypatch, caplog):
+def test_daemon_survives_a_bad_cycle(env, sim, scripted_ingest, monkeypatch, caplog):
     caplog.set_level(logging.INFO)
     calls = []
 
@@ -341,6 +353,10 @@ def test_daemon_survives_a_bad_cycle(env, sim, monkeypatch, caplog):
     assert "RuntimeError: the first cycle breaks" in caplog.text
     assert "cycle 2 exit=0" in caplog.text
     assert "daemon stopped after 2 cycle(s)" in caplog.text
+    # The broken cycle is reported where failures are read, not only logged.
+    (error,) = [p.json() for p in scripted_ingest.posts("/ingest/error")]
+    assert (error["model_name"], error["stage"]) == ("sim.a-v1", "setup")
+    assert "RuntimeError: the first cycle breaks" in error["message"]
 
 
 # -- settings -------------------------------------------------------------------------

@@ -232,3 +232,22 @@ def test_record_the_real_app_refuses_is_dead_lettered_with_its_answer(
     reason = json.loads(next(box.dead.glob("*.reason.json")).read_text())
     assert "colour" in json.dumps(reason["body"])
     assert ingest_server.db["metrics_cloud_v2"].count_documents({}) == 0
+
+
+def test_setup_failure_in_a_later_cycle_is_reported_as_a_failure_per_model(
+        make_settings, scripted_ingest, bedrock_sim, monkeypatch):
+    bedrock_sim(SIM)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    settings = make_settings(ingest_url=scripted_ingest.ingest_url,
+                             models=("sim.a-v1", "sim.b-v1"))
+    fresh = get_provider("bedrock", region="us-east-1")
+    try:
+        report, box = cycle(settings, fresh, warm=True)
+    finally:
+        fresh.close()
+    assert "No AWS credentials" in report.setup_error
+    errors = [p.json() for p in scripted_ingest.posts("/ingest/error")]
+    assert sorted(e["model_name"] for e in errors) == ["sim.a-v1", "sim.b-v1"]
+    assert {(e["stage"], e["error_kind"]) for e in errors} == {("setup", "auth")}
+    assert box.pending_count() == 0
