@@ -79,6 +79,13 @@ class UUIDString(fields.String):
         return str(uuid.UUID(text))
 
 
+_RFC3339 = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"
+)
+# Older than any benchmark this service can have measured; also keeps UTC conversion in range.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+
+
 class Timestamp(fields.AwareDateTime):
     """An RFC 3339 time with its offset, no more than 10 minutes ahead; loaded as UTC at ms."""
 
@@ -86,16 +93,25 @@ class Timestamp(fields.AwareDateTime):
         super().__init__(format="iso", **kwargs)
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> datetime:
-        if not isinstance(value, str) or "T" not in value.upper():
-            raise ValidationError("Not an RFC 3339 date-time with a timezone.")
-        moment = super()._deserialize(value, attr, data, **kwargs).astimezone(UTC)
+        match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+        if match is None:
+            raise ValidationError("Not an RFC 3339 date-time with a timezone offset.")
+        day, clock, fraction, offset = match.groups()
+        # BSON dates keep milliseconds: store what the database will give back.
+        millis = (fraction or "").ljust(3, "0")[:3]
+        offset = "+00:00" if offset in ("Z", "z") else offset
+        try:
+            moment = datetime.fromisoformat(f"{day}T{clock}.{millis}{offset}").astimezone(UTC)
+        except (ValueError, OverflowError) as exc:
+            raise ValidationError("Not a valid date-time.") from exc
+        if moment < EARLIEST:
+            raise ValidationError("Is before the year 2000; check the sender's clock.")
         if moment > datetime.now(UTC) + timedelta(seconds=contract.MAX_FUTURE_SECONDS):
             raise ValidationError(
                 f"Is more than {contract.MAX_FUTURE_SECONDS // 60} minutes in the future; "
                 "check the sender's clock."
             )
-        # BSON dates keep milliseconds: store what the database will give back.
-        return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+        return moment
 
 
 class Misc(fields.Dict):

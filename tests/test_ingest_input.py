@@ -175,6 +175,12 @@ def test_every_bad_and_unknown_field_is_named(client, auth_headers, mongo_db):
         ("run_ts", "yesterday"),
         ("run_ts", "2026-03-01"),
         ("run_ts", 1767225600),
+        ("run_ts", "0001-01-01T00:00:00+01:00"),
+        ("run_ts", "9999-12-31T23:59:59-01:00"),
+        ("run_ts", "1999-12-31T23:59:59Z"),
+        ("run_ts", "2026-W01-1T00:00:00Z"),
+        ("run_ts", "20260101T000000Z"),
+        ("run_ts", "2026-02-30T00:00:00Z"),
         ("model_name", ""),
         ("model_name", "m" * 300),
         ("model_name", "bad\u0000name"),
@@ -198,6 +204,22 @@ def test_escaped_surrogate_pair_is_a_valid_character_and_stored(client, auth_hea
     body = valid_body().replace('"req-1"', '"req-\\ud83d\\ude80"').encode()
     assert post_raw(client, auth_headers, body).status_code == 201
     assert mongo_db["metrics_cloud_v2"].find_one()["request_id"] == "req-\U0001f680"
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        ("2026-03-01T10:00:00Z", datetime(2026, 3, 1, 10, 0)),
+        ("2026-03-01t10:00:00z", datetime(2026, 3, 1, 10, 0)),
+        ("2026-03-01T10:00:00.123456789-05:30", datetime(2026, 3, 1, 15, 30, 0, 123000)),
+        ("2026-03-01 10:00:00.5+01:00", datetime(2026, 3, 1, 9, 0, 0, 500000)),
+    ],
+)
+def test_rfc3339_forms_are_stored_as_utc_milliseconds(client, auth_headers, mongo_db, sent,
+                                                      stored):
+    payload = result_payload(run_ts=sent)
+    assert client.post("/ingest", json=payload, headers=auth_headers).status_code == 201
+    assert mongo_db["metrics_cloud_v2"].find_one()["run_ts"] == stored
 
 
 def test_run_ts_just_under_ten_minutes_ahead_is_accepted(client, auth_headers):
@@ -224,3 +246,20 @@ def test_a_rejected_batch_item_names_its_fields(client, auth_headers, mongo_db):
     assert first["result_id"] == items[0]["result_id"]
     assert second["status"] == "created"
     assert mongo_db["metrics_cloud_v2"].count_documents({}) == 1
+
+
+ODD_VALUES = [None, True, False, 0, -1, 2**63 - 1, -(2**63), 1e308, -1e-308, "", "x" * 5000,
+              "\u0000", "2026-13-45T99:99:99Z", [], [None], {}, {"$set": 1}, {"a": {"b": [1]}}]
+
+
+@pytest.mark.parametrize("route", ["/ingest", "/ingest/error"])
+def test_no_odd_value_in_any_field_ever_causes_a_500(client, auth_headers, mongo_db, route):
+    make = result_payload if route == "/ingest" else failure_payload
+    fields = contract.RESULT_FIELDS if route == "/ingest" else contract.ERROR_FIELDS
+    seen = set()
+    for name in fields:
+        for value in ODD_VALUES:
+            answer = client.post(route, json=make(**{name: value}), headers=auth_headers)
+            assert answer.status_code in (200, 201, 422), (name, value, answer.get_json())
+            seen.add(answer.status_code)
+    assert seen == {201, 422}
