@@ -418,8 +418,11 @@ def status(state_dir: Path | None, as_json: bool) -> None:
         click.echo(json.dumps(dataclasses.asdict(st), indent=2))
         return
     click.echo(f"outbox: {settings.state_dir / 'outbox'}")
-    click.echo(f"pending: {st.pending} (oldest {_age(st.oldest_age)} old, next attempt in "
-               f"{_age(st.next_attempt_in)})")
+    if st.pending:
+        click.echo(f"pending: {st.pending} (oldest {_age(st.oldest_age)} old, next attempt in "
+                   f"{_age(st.next_attempt_in)})")
+    else:
+        click.echo("pending: 0")
     click.echo(f"dead: {st.dead}")
     for item in st.dead_items:
         status_text = f"HTTP {item.status}" if item.status else "no answer"
