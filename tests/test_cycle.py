@@ -251,3 +251,18 @@ def test_setup_failure_in_a_later_cycle_is_reported_as_a_failure_per_model(
     assert sorted(e["model_name"] for e in errors) == ["sim.a-v1", "sim.b-v1"]
     assert {(e["stage"], e["error_kind"]) for e in errors} == {("setup", "auth")}
     assert box.pending_count() == 0
+
+
+def test_results_measured_while_the_api_was_down_reach_mongodb_on_the_next_run(
+        make_settings, ingest_server, provider):
+    # Scenario 5 on the real app: down during the first run, up for the second.
+    down = make_settings(ingest_url=f"http://127.0.0.1:{free_port()}/ingest",
+                         api_key=ingest_server.key, models=("sim.a-v1",), retry_base=0.0)
+    first, box = cycle(down, provider)
+    assert box.pending_count() == 1
+    up = make_settings(ingest_url=ingest_server.ingest_url, api_key=ingest_server.key,
+                       models=("sim.b-v1",), retry_base=0.0)
+    second, box = cycle(up, provider)
+    assert box.pending_count() == 0
+    stored = {d["result_id"] for d in ingest_server.db["metrics_cloud_v2"].find()}
+    assert stored == {first.outcomes[0].record.result_id, second.outcomes[0].record.result_id}
