@@ -335,3 +335,33 @@ def test_demo_runs_the_whole_pipeline_and_exits_zero(tmp_path):
     mongo_port = int(out.split("mongodb://127.0.0.1:", 1)[1].split("/", 1)[0])
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", mongo_port), timeout=1).close()
+
+
+@pytest.mark.timeout(120)
+def test_demo_stops_everything_it_started_on_ctrl_c(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    demo = subprocess.Popen(
+        [sys.executable, "-u", str(REPO / "scripts" / "demo.py"), "--keep",
+         "--workdir", str(tmp_path / "demo")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in demo.stdout:
+            lines.append(line)
+            if "Ctrl-C stops them" in line:
+                break
+        out = "".join(lines)
+        assert "Ctrl-C stops them" in out, out
+        ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", out)]
+        assert len(set(ports)) == 3, out  # database, ingest app, simulator
+        demo.send_signal(signal.SIGINT)
+        rest, _ = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.communicate()
+    assert demo.returncode == 0, out + rest
+    assert "services stopped" in rest
+    for port in set(ports):
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
