@@ -365,3 +365,41 @@ def test_demo_stops_everything_it_started_on_ctrl_c(tmp_path):
     for port in set(ports):
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def systemd_environment_file(path: Path) -> dict[str, str]:
+    """KEY=value assignments as systemd's EnvironmentFile= reads them (comments skipped)."""
+    env = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";")):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip()
+    return env
+
+
+def test_runner_with_the_shipped_env_file_keeps_its_outbox_in_systemds_state_directory(
+        sim, ingest_server, tmp_path):
+    # What bench-runner.service gives the process: the env file, $STATE_DIRECTORY,
+    # and a user without a home. Only the blanks an operator must fill are filled.
+    env = systemd_environment_file(REPO / "deploy" / "runner.env.example")
+    env.update(INGEST_API_URL=ingest_server.ingest_url, INGEST_API_KEY=ingest_server.key,
+               BENCHMARK_MODELS=",".join(GOOD))
+    state = tmp_path / "var-lib-bench-runner"
+    state.mkdir(mode=0o700)
+    env.update(PATH=os.environ["PATH"], HOME="/nonexistent", LANG="C.UTF-8",
+               STATE_DIRECTORY=str(state))
+    # The test's AWS settings stand in for the instance role; the simulator's endpoint too.
+    env.update({k: v for k, v in os.environ.items() if k.startswith("AWS_")
+                and k not in ("AWS_REGION", "AWS_DEFAULT_REGION")})
+    env.update(sim.env)
+    proc = subprocess.run([BENCH_RUNNER, "once"], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+    assert proc.returncode == ExitCode.OK, proc.stdout + proc.stderr
+    assert (state / "outbox" / "pending").is_dir()
+    assert outbox_ids(state, "pending") == set()
+    stored = list(ingest_server.db["metrics_cloud_v2"].find({}, {"model_name": 1, "region": 1}))
+    assert sorted(d["model_name"] for d in stored) == sorted(GOOD)
+    # AWS_REGION from the file reached boto3.
+    assert {d["region"] for d in stored} == {env["AWS_REGION"]}
