@@ -112,7 +112,8 @@ _SECRETS = (
 
 def profile_hint(model_id: str | None) -> str:
     """The advice for a model that refuses on-demand calls by its bare id."""
-    example = f"us.{model_id}" if model_id else "us.<model id>"
+    bare = bool(model_id) and not model_id.startswith(("us.", "eu.", "apac.", "global."))
+    example = f"us.{model_id}" if bare else "us.<model id>"
     return (f"this model needs an inference profile: use a profile id such as "
             f"'{example}' (bench-runner models lists them)")
 

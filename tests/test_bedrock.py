@@ -352,3 +352,9 @@ def test_idle_connection_is_rewarmed_before_the_timer(provider_for, monkeypatch)
     _assert_figures_match(_result(provider.measure("m", PROFILE)), sim, "m")
     # At least one warm-up call; more only if a round left the pool short.
     assert sim.calls(WARM_MODEL_ID) > warm_calls, sim.stats()
+
+
+def test_malformed_region_is_a_setup_error(bedrock_sim):
+    bedrock_sim()
+    with pytest.raises(SetupError, match="us east 1"):
+        BedrockProvider(region="us east 1").warm()

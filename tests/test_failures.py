@@ -16,7 +16,7 @@ from urllib3.exceptions import ProtocolError
 from urllib3.exceptions import ReadTimeoutError as RawReadTimeoutError
 
 import bench_contract as contract
-from runner.failures import CallDeadlineExceeded, classify, redact
+from runner.failures import CallDeadlineExceeded, classify, profile_hint, redact
 
 
 def _client_error(code: str, message: str, status: int = 400) -> ClientError:
@@ -75,6 +75,11 @@ def test_on_demand_refusal_is_invalid_request_with_a_profile_hint():
     assert c.kind == "invalid_request"
     assert "us.anthropic.claude-x" in c.hint
     assert c.message.endswith(f"Hint: {c.hint}.")
+
+
+def test_profile_hint_never_doubles_a_region_prefix():
+    assert "us.us." not in profile_hint("us.anthropic.claude-x")
+    assert "'us.anthropic.claude-x'" in profile_hint("anthropic.claude-x")
 
 
 @pytest.mark.parametrize(("exc", "kind"), [
