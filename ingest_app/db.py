@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC
@@ -29,6 +30,8 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 EXTENSION = "bench_ingest.db"
+# A collection dropped by hand loses its unique index; look again this often (a no-op if present).
+INDEX_RECHECK_SECONDS = 60.0
 
 # MongoDB's default index names (result_id_1, ...), so an index someone already made by
 # hand with the same keys is recognised instead of clashing by name.
@@ -53,7 +56,7 @@ class _Handle:
         self.lock = threading.Lock()
         self.client: pymongo.MongoClient | None = None
         self.pid = 0
-        self.indexes_ready = False
+        self.indexes_checked_at: float | None = None
         self.collections: dict[str, Collection] = {}
 
     def get(self) -> pymongo.MongoClient:
@@ -61,7 +64,7 @@ class _Handle:
             if self.client is None or self.pid != os.getpid():
                 self.client = make_client(self.cfg)
                 self.pid = os.getpid()
-                self.indexes_ready = False
+                self.indexes_checked_at = None
                 self.collections = {}
             return self.client
 
@@ -139,7 +142,8 @@ def require_indexes() -> None:
     """Make sure this process has seen the unique indexes before it acknowledges a write."""
     handle = _handle()
     handle.get()
-    if handle.indexes_ready:
+    checked = handle.indexes_checked_at
+    if checked is not None and time.monotonic() - checked < INDEX_RECHECK_SECONDS:
         return
     try:
         ensure_indexes(get_db(), settings.current())
@@ -150,7 +154,7 @@ def require_indexes() -> None:
         # unique one: writes must wait (503, the runner keeps them) until an operator fixes it.
         log.error("cannot create the indexes writes depend on: %s", exc.details or exc)
         raise unavailable(exc) from exc
-    handle.indexes_ready = True
+    handle.indexes_checked_at = time.monotonic()
 
 
 def unavailable(exc: Exception) -> ApiError:

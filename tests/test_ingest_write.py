@@ -221,3 +221,26 @@ def test_a_bug_answers_500_in_the_one_shape_without_a_traceback(app, caplog):
     assert error["code"] == "internal_error"
     assert "internal detail" not in answer.get_data(as_text=True)
     assert any(error["request_id"] in record.getMessage() for record in caplog.records)
+
+
+def test_a_dropped_collection_gets_its_unique_index_back(client, auth_headers, mongo_db,
+                                                         monkeypatch):
+    assert client.post("/ingest", json=result_payload(), headers=auth_headers).status_code == 201
+    mongo_db.drop_collection("metrics_cloud_v2")
+    monkeypatch.setattr(db, "INDEX_RECHECK_SECONDS", 0.0)
+    payload = result_payload()
+    codes = [client.post("/ingest", json=payload, headers=auth_headers).status_code
+             for _ in range(2)]
+    assert codes == [201, 200]
+    assert mongo_db["metrics_cloud_v2"].count_documents({}) == 1
+
+
+def test_stored_duplicates_that_block_the_unique_index_hold_writes_with_503(client, auth_headers,
+                                                                            mongo_db):
+    # A collection filled by some older tool: two documents share one result_id.
+    twin = {"result_id": "5d7e9f0a-1b2c-4d3e-8f4a-5b6c7d8e9f0a", "provider": "bedrock"}
+    mongo_db["metrics_cloud_v2"].insert_many([dict(twin), dict(twin)])
+    answer = client.post("/ingest", json=result_payload(), headers=auth_headers)
+    assert answer.status_code == 503
+    assert answer.headers["Retry-After"]
+    assert mongo_db["metrics_cloud_v2"].count_documents({}) == 2
