@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -31,6 +31,7 @@ from . import eventstream
 log = logging.getLogger(__name__)
 
 GEO_PREFIXES = ("us.", "eu.", "apac.", "global.")
+STREAMS_KEPT = 1000
 
 # Errors answered before the stream: (status, x-amzn-ErrorType, message).
 PRE_STREAM_ERRORS: dict[str, tuple[int, str, str]] = {
@@ -252,6 +253,7 @@ class SimulatorServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self.calls: Counter[str] = Counter()
         self.connections = 0
+        self.streams: OrderedDict[str, dict[str, float]] = OrderedDict()
         super().__init__(address, _Handler)
 
     def count_call(self, model_id: str) -> int:
@@ -265,10 +267,27 @@ class SimulatorServer(ThreadingHTTPServer):
         with self._lock:
             self.connections += 1
 
-    def stats(self) -> dict[str, Any]:
-        """Calls per model and connections used so far."""
+    def record_stream(self, request_id: str, lateness: list[tuple[str, float]]) -> None:
+        """Keep how late a completed stream's deltas left, so a benchmark can tell the
+        simulator's own scheduling delays apart from the runner's measuring error."""
+        deltas = [(kind, late) for kind, late in lateness if kind != "end"]
+        if not deltas:
+            return
+        first_text = next((late for kind, late in deltas if kind == "text"), None)
+        entry = {"first_any": deltas[0][1], "last": deltas[-1][1],
+                 "max": max(late for _, late in deltas), "end": lateness[-1][1]}
+        if first_text is not None:
+            entry["first_text"] = first_text
         with self._lock:
-            return {"calls": dict(self.calls), "connections": self.connections}
+            self.streams[request_id] = entry
+            while len(self.streams) > STREAMS_KEPT:
+                self.streams.popitem(last=False)
+
+    def stats(self) -> dict[str, Any]:
+        """Calls per model, connections used, and the lateness of recent streams (seconds)."""
+        with self._lock:
+            return {"calls": dict(self.calls), "connections": self.connections,
+                    "streams": dict(self.streams)}
 
     def shutdown(self) -> None:
         """Stop serving and wake every stalled stream so its thread ends."""
@@ -378,8 +397,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/vnd.amazon.eventstream")
         self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+        request_id = str(uuid.uuid4())
+        self.send_header("x-amzn-RequestId", request_id)
         self.end_headers()
+        self._lateness: list[tuple[str, float]] = []
+        self._stalled = 0.0
         try:
             self._write_chunk(eventstream.encode_event("messageStart", {"role": "assistant"}))
             if b.empty_first_delta:
@@ -396,6 +418,9 @@ class _Handler(BaseHTTPRequestHandler):
                 metadata["usage"] = _usage(plan)
             self._write_chunk(eventstream.encode_event("metadata", metadata))
             self._write_chunk(b"")
+            self._lateness.append(
+                ("end", time.perf_counter() - (received + self._stalled + plan.generate_time)))
+            self.server.record_stream(request_id, self._lateness)
         except (BrokenPipeError, ConnectionResetError):
             # The client gave up (its read timeout or overall cap): nothing to answer.
             self.close_connection = True
@@ -414,6 +439,7 @@ class _Handler(BaseHTTPRequestHandler):
                 start = time.perf_counter()
                 self.server.stopping.wait(b.stall_seconds)
                 stalled += time.perf_counter() - start
+                self._stalled = stalled
             corrupt = faulty and b.corrupt_after_deltas == i
             self._sleep_until(received + stalled + delta.at)
             if i and plan.deltas[i - 1].block != delta.block:
@@ -421,6 +447,9 @@ class _Handler(BaseHTTPRequestHandler):
             payload = {"contentBlockIndex": delta.block, "delta": _delta_body(delta)}
             self._write_chunk(eventstream.encode_event("contentBlockDelta", payload,
                                                        corrupt=corrupt))
+            # How late this delta left against the plan (a busy machine delays it).
+            self._lateness.append(
+                (delta.kind, time.perf_counter() - (received + stalled + delta.at)))
             if corrupt:
                 return False
         if faulty and b.stream_error and b.error_after_deltas >= len(plan.deltas):

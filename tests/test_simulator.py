@@ -76,6 +76,10 @@ def test_stream_delivers_each_delta_when_it_is_written(runtime_for):
     assert metadata["usage"]["outputTokens"] == 15
     assert events[-2][1]["messageStop"]["stopReason"] == "end_turn"
     assert sim.calls("m") == 1
+    # The simulator reports how late it sent each stream against its plan.
+    (lateness,) = sim.stats()["streams"].values()
+    assert set(lateness) == {"first_any", "first_text", "last", "max", "end"}
+    assert 0 <= lateness["first_text"] <= lateness["max"]
 
 
 def test_reasoning_comes_first_and_budget_truncates(runtime_for):
