@@ -12,7 +12,7 @@ from datetime import UTC
 
 import click
 import pymongo
-from flask import Flask, Response, current_app
+from flask import Flask, Response, current_app, g
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import (
@@ -160,7 +160,7 @@ def require_indexes() -> None:
 def unavailable(exc: Exception) -> ApiError:
     """The 503 a client sees when the database failed or timed out; logged and counted."""
     metrics.observe_db_error()
-    log.warning("database unavailable: %s", type(exc).__name__)
+    log.warning("request_id=%s database unavailable: %s", g.get("request_id"), type(exc).__name__)
     cfg = settings.current()
     return ApiError(
         503,

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import metrics
+from . import metrics, settings
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,16 @@ def error_response(err: ApiError) -> Response:
 
 def _assign_request_id() -> None:
     incoming = request.headers.get("X-Request-Id", "")
-    g.request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    if _SAFE_REQUEST_ID.match(incoming) and not _is_a_key(incoming):
+        g.request_id = incoming
+    else:
+        g.request_id = uuid.uuid4().hex
+
+
+def _is_a_key(text: str) -> bool:
+    # The id is logged and echoed: a client that put its key there must not see it logged.
+    cfg = settings.current()
+    return any(text == key for _, key in cfg.api_keys + cfg.read_keys)
 
 
 def _send_request_id(response: Response) -> Response:
@@ -77,9 +86,8 @@ def _send_request_id(response: Response) -> Response:
 
 
 def _on_api_error(err: ApiError) -> Response:
-    if err.status >= 500:
-        log.warning("request_id=%s status=%s code=%s", g.get("request_id"), err.status, err.code)
-    else:
+    # A 5xx ApiError was logged where it was raised; refusals are counted, not logged.
+    if err.status < 500:
         metrics.observe_rejection(err.code)
     return error_response(err)
 

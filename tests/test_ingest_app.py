@@ -96,3 +96,16 @@ def test_real_gunicorn_serves_ready(mongo_uri, mongo_db_name):
     with run_gunicorn(gunicorn_env(mongo_uri, mongo_db_name)) as url, \
             requests.get(f"{url}/ready", timeout=10) as answer:
         assert answer.status_code == 200
+
+
+def test_a_safe_request_id_from_the_caller_is_echoed(client):
+    answer = client.get("/nope", headers={"X-Request-Id": "run-42.batch-7"})
+    assert answer.headers["X-Request-Id"] == "run-42.batch-7"
+    assert answer.get_json()["error"]["request_id"] == "run-42.batch-7"
+
+
+def test_a_key_sent_as_request_id_is_never_echoed(client):
+    key = TEST_KEYS["runner-a"]
+    answer = client.get("/nope", headers={"X-Request-Id": key})
+    assert key not in answer.headers["X-Request-Id"]
+    assert key not in answer.get_data(as_text=True)
