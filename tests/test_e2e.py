@@ -359,7 +359,7 @@ def test_demo_stops_everything_it_started_on_ctrl_c(tmp_path):
     finally:
         if demo.poll() is None:
             demo.kill()
-            demo.communicate()
+        demo.communicate()  # also closes the pipe when the demo ended early
     assert demo.returncode == 0, out + rest
     assert "services stopped" in rest
     for port in set(ports):
