@@ -57,12 +57,18 @@ def _assert_close(measured: float | None, truth: float | None) -> None:
 
 
 def _assert_figures_match(result: Result, sim, model_id: str) -> None:
+    """Figures match the configured schedule, shifted by however late the simulator itself
+    sent each part (a busy machine delays it; that is not the runner's error)."""
     plan = sim.config.plan(model_id, PROFILE.max_tokens)
-    _assert_close(result.time_to_first_token, plan.time_to_first_token)
-    _assert_close(result.time_to_first_any_token, plan.time_to_first_any_token)
-    _assert_close(result.generate_time, plan.generate_time)
-    assert result.decode_tokens_per_second == pytest.approx(plan.decode_tokens_per_second,
-                                                            rel=0.15)
+    late = sim.stats()["streams"][result.request_id]
+    assert late["max"] < 0.5, "the simulator ran too late for a meaningful check"
+    _assert_close(result.time_to_first_token, plan.time_to_first_token + late["first_text"])
+    _assert_close(result.time_to_first_any_token,
+                  plan.time_to_first_any_token + late["first_any"])
+    _assert_close(result.generate_time, plan.generate_time + late["end"])
+    span = plan.deltas[-1].at - plan.deltas[0].at + late["last"] - late["first_any"]
+    assert result.decode_tokens_per_second == pytest.approx(
+        (plan.output_tokens - 1) / span, rel=0.15)
     assert result.output_tokens == plan.output_tokens
     assert result.tokens_per_second == pytest.approx(result.output_tokens
                                                      / result.generate_time)
@@ -79,7 +85,8 @@ def test_first_model_is_measured_against_the_configured_delays(provider_for):
     assert result.stop_reason == "end_turn"
     assert result.request_id
     assert result.region == "us-east-1"
-    assert result.server_latency_ms == pytest.approx(470, abs=40)
+    late_end = sim.stats()["streams"][result.request_id]["end"]
+    assert result.server_latency_ms == pytest.approx(470 + late_end * 1000, abs=10)
     assert result.gen_ts > result.run_ts
 
 
@@ -110,8 +117,6 @@ def test_reasoning_model_reports_first_answer_token_apart_from_first_token(provi
                                                       reasoning_tokens=16, output_tokens=24)})
     result = _result(provider.measure("r", PROFILE))
     _assert_figures_match(result, sim, "r")
-    assert result.time_to_first_token - result.time_to_first_any_token == pytest.approx(
-        0.08, abs=0.03)
     # Four reasoning deltas and six text deltas; the signature-only delta is no token.
     assert result.chunk_count == 10
     assert result.misc == {"reasoning_chunks": 4}
