@@ -268,8 +268,8 @@ class SimulatorServer(ThreadingHTTPServer):
             self.connections += 1
 
     def record_stream(self, request_id: str, lateness: list[tuple[str, float]]) -> None:
-        """Keep how late a completed stream's deltas left, so a benchmark can tell the
-        simulator's own scheduling delays apart from the runner's measuring error."""
+        """Keep how late a completed stream's deltas left against its plan (seconds)."""
+        # A benchmark uses it to tell this process's scheduling delays from the runner's error.
         deltas = [(kind, late) for kind, late in lateness if kind != "end"]
         if not deltas:
             return
