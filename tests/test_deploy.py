@@ -281,24 +281,39 @@ def test_env_examples_never_carry_aws_credentials(name):
 # --- install-runner.sh -------------------------------------------------------
 
 
-def run_installer(root: Path) -> subprocess.CompletedProcess:
-    """Run the install script against a temporary root, as an operator would."""
+def copy_checkout(dest: Path) -> Path:
+    """What a clone holds for installing: the packaging files, the packages, deploy/."""
+    dest.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, dest / name)
+    for name in ("bench_contract", "ingest_app", "runner", "deploy"):
+        shutil.copytree(REPO / name, dest / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest
+
+
+def run_installer(checkout: Path, root: Path) -> subprocess.CompletedProcess:
+    """Run a checkout's install script against a temporary root, as an operator would."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_TARGET")}
     env.update(DESTDIR=str(root), PYTHON=sys.executable)
-    return subprocess.run(["bash", str(DEPLOY / "install-runner.sh")], env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(["bash", str(checkout / "deploy" / "install-runner.sh")], env=env,
+                          cwd=checkout.parent, capture_output=True, text=True, timeout=300,
+                          check=False)
 
 
 def venv_has(python: Path, module: str) -> bool:
     """Whether the interpreter at python can find a module."""
     probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
-    return subprocess.run([str(python), "-c", probe], timeout=60, check=False).returncode == 0
+    # -I: isolated, so the checkout in the working directory cannot stand in for the venv.
+    return subprocess.run([str(python), "-I", "-c", probe], timeout=60,
+                          check=False).returncode == 0
 
 
 @pytest.mark.timeout(600)
 def test_install_runner_builds_a_runner_only_venv_and_reruns_in_place(tmp_path):
     root = tmp_path / "root"
-    first = run_installer(root)
+    checkout = copy_checkout(tmp_path / "checkout")
+    first = run_installer(checkout, root)
     assert first.returncode == 0, first.stdout + first.stderr
 
     venv_python = root / "opt/bench-runner/bin/python"
@@ -321,7 +336,10 @@ def test_install_runner_builds_a_runner_only_venv_and_reruns_in_place(tmp_path):
     env_file.write_text("INGEST_API_KEY=" + "s" * 40 + "\n")
     env_file.chmod(0o600)
     (root / "etc/systemd/system/bench-runner.timer").write_text("stale\n")
-    second = run_installer(root)
+    # A `git pull` brought new code; the rerun must install it, not keep the old.
+    with open(checkout / "runner" / "records.py", "a") as source:
+        source.write("\nUPGRADE_MARKER = 1\n")
+    second = run_installer(checkout, root)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "upgrading the virtualenv" in second.stdout
     assert env_file.read_text() == "INGEST_API_KEY=" + "s" * 40 + "\n"
@@ -329,6 +347,10 @@ def test_install_runner_builds_a_runner_only_venv_and_reruns_in_place(tmp_path):
     assert (root / "etc/systemd/system/bench-runner.timer").read_text() == (
         DEPLOY / "bench-runner.timer").read_text()
     assert venv_has(venv_python, "boto3")
+    probe = subprocess.run([str(venv_python), "-I", "-c",
+                            "import runner.records as r; r.UPGRADE_MARKER"],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert probe.returncode == 0, "the rerun kept the old code: " + probe.stderr
     assert "s" * 40 not in second.stdout + second.stderr
 
 
