@@ -24,7 +24,9 @@ COPY bench_contract ./bench_contract
 COPY ingest_app ./ingest_app
 COPY runner ./runner
 # The sources are removed after a regular (non-editable) install, so the image
-# runs the installed package, templates and static files included.
+# runs the installed package, templates and static files included. Versions
+# come from setup.cfg's ranges (DL3013 asks for pins on a local install too).
+# hadolint ignore=DL3013
 RUN pip install --no-compile '.[ingest,runner]' \
     && rm -rf build ./*.egg-info bench_contract ingest_app runner
 

