@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pymongo
+from pymongo import monitoring
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -141,6 +142,36 @@ def time_calls(client, path: str, calls: int) -> tuple[float, int]:
     return statistics.median(samples), status
 
 
+class _Reads(monitoring.CommandListener):
+    """Counts the commands sent and the documents the server sent back."""
+
+    def __init__(self) -> None:
+        self.commands = 0
+        self.documents = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.commands += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        cursor = event.reply.get("cursor") or {}
+        self.documents += len(cursor.get("firstBatch") or cursor.get("nextBatch") or [])
+        self.documents += len(event.reply.get("values") or [])  # distinct
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def count_reads(uri: str, settings: Settings) -> _Reads:
+    """What one 24h summary asks of the server: commands, and documents sent back."""
+    reads = _Reads()
+    with pymongo.MongoClient(uri, tz_aware=True, event_listeners=[reads]) as client:
+        database = client[settings.mongodb_db]
+        reads.commands = reads.documents = 0
+        summary.summarize(database[settings.results_collection],
+                          database[settings.errors_collection], "24h")
+    return reads
+
+
 def time_parts(database: pymongo.database.Database, settings: Settings, calls: int) -> None:
     """Print what the summary's two kinds of query cost on their own, to show which one grows."""
     results = database[settings.results_collection]
@@ -205,6 +236,9 @@ def main() -> None:
                                   f"(status {status}, {args.calls} calls)")
                             if path == paths[0]:
                                 time_parts(mongo[name], settings, args.calls)
+                                reads = count_reads(uri, settings)
+                                print(f"      the server sent back {reads.documents:,} documents "
+                                      f"for {reads.commands} commands")
                 finally:
                     app.extensions["bench_ingest.db"].close()
                 mongo.drop_database(name)
