@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -58,13 +59,6 @@ START_TIMEOUT = 30.0
 
 class DemoError(Exception):
     """Something the demo needs did not come up; the message says what and where to look."""
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(ready: Any, what: str, proc: subprocess.Popen, log: Path) -> None:
@@ -159,16 +153,35 @@ def terminated_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def bound_port(log: Path, pattern: str, what: str, proc: subprocess.Popen) -> int:
+    """The port a process reports in its log after binding port 0.
+
+    Each process binds a port the kernel picks and says which: no other process
+    on a busy machine can take it between choosing and binding.
+    """
+    found: list[int] = []
+
+    def reported() -> bool:
+        m = re.search(pattern, log.read_text(errors="replace"))
+        if m:
+            found.append(int(m.group(1)))
+        return bool(m)
+
+    wait_until(reported, what, proc, log)
+    return found[0]
+
+
 def start_mongo(services: Services, workdir: Path) -> str:
     """nx-27017 with its data under <workdir>/mongo; returns its URI."""
-    port = free_port()
     data = workdir / "mongo"
     data.mkdir(parents=True, exist_ok=True)
+    # Its own log and pid files: the defaults under /tmp are shared by every instance.
     proc, log = services.start(
         "nx-27017",
-        [executable("nx-27017"), "--data-dir", str(data), "--host", "127.0.0.1",
-         "-p", str(port)],
+        [executable("nx-27017"), "--data-dir", str(data / "db"), "--host", "127.0.0.1",
+         "-p", "0", "--log-file", str(data / "nx.log"), "--pid-file", str(data / "nx.pid")],
         dict(os.environ), "mongo.log")
+    port = bound_port(log, r"Listening on 127\.0\.0\.1:(\d+)", "nx-27017", proc)
     uri = f"mongodb://127.0.0.1:{port}/"
 
     def answers() -> bool:
@@ -176,13 +189,12 @@ def start_mongo(services: Services, workdir: Path) -> str:
             client.admin.command("ping")
         return True
 
-    wait_until(lambda: port_open(port) and answers(), "nx-27017", proc, log)
+    wait_until(answers, "nx-27017", proc, log)
     return uri
 
 
 def start_ingest(services: Services, mongo_uri: str, key: str) -> str:
     """The ingest app under gunicorn with the repository's config; returns its base URL."""
-    port = free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MONGODB_", "INGEST_", "GUNICORN_", "PROMETHEUS_", "WEB_"))}
     env.update(
@@ -191,13 +203,14 @@ def start_ingest(services: Services, mongo_uri: str, key: str) -> str:
         INGEST_API_KEYS=f"{RUNNER_NAME}:{key}",
         # The status page and read routes open without a key, on loopback only.
         INGEST_PUBLIC_READ="true",
-        GUNICORN_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="2",
+        GUNICORN_BIND="127.0.0.1:0", WEB_CONCURRENCY="2",
     )
     proc, log = services.start(
         "gunicorn",
         [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"),
          "ingest_app:create_app()"],
         env, "ingest.log")
+    port = bound_port(log, r"Listening at: http://127\.0\.0\.1:(\d+)", "the ingest app", proc)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: http_status(f"{url}/ready") == 200, "the ingest app", proc, log)
     return url
@@ -205,10 +218,11 @@ def start_ingest(services: Services, mongo_uri: str, key: str) -> str:
 
 def start_simulator(services: Services) -> str:
     """`bench-runner simulate` with its embedded models; returns its URL."""
-    port = free_port()
     proc, log = services.start(
-        "simulator", [executable("bench-runner"), "simulate", "--port", str(port)],
+        "simulator", [executable("bench-runner"), "simulate", "--port", "0"],
         dict(os.environ), "simulator.log")
+    port = bound_port(log, r"listening on http://127\.0\.0\.1:(\d+)", "the Bedrock simulator",
+                      proc)
     wait_until(lambda: port_open(port), "the Bedrock simulator", proc, log)
     return f"http://127.0.0.1:{port}"
 

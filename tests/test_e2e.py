@@ -325,7 +325,9 @@ def test_demo_runs_the_whole_pipeline_and_exits_zero(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "demo.py"), "--workdir", str(tmp_path / "demo")],
         env=env, capture_output=True, text=True, timeout=110, check=False)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    logs = "".join(f"\n--- {log.name}\n{log.read_text(errors='replace')[-2000:]}"
+                   for log in sorted((tmp_path / "demo").glob("*.log")))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + logs
     out = proc.stdout
     counts = re.search(r"metrics_cloud_v2: (\d+) documents\s+errors_cloud: (\d+) documents", out)
     assert counts and int(counts[1]) > 0 and int(counts[2]) > 0, out
