@@ -8,6 +8,7 @@ it started, also on Ctrl-C or an error.
 
     python scripts/demo.py                 # simulator, embedded models
     python scripts/demo.py --keep          # leave the services up until Ctrl-C
+    python scripts/demo.py --workdir DIR   # data, outbox and logs in DIR, not .demo/
 
 The same flow against real Bedrock (real credentials, real cost; the
 simulator is not started and boto3 finds credentials its usual way):
