@@ -70,7 +70,7 @@ def _errors(config: SimulatorConfig, results: list[tuple[str, Result]],
         ttft = plan.time_to_first_token + shift["first_text"]
         gen = plan.generate_time + shift["end"]
         span = plan.deltas[-1].at - plan.deltas[0].at + shift["last"] - shift["first_any"]
-        decode = (plan.output_tokens - 1) / span
+        decode = (plan.output_tokens - plan.deltas[0].tokens) / span
         out["ttft_ms"].append(abs(r.time_to_first_token - ttft) * 1000)
         out["gen_ms"].append(abs(r.generate_time - gen) * 1000)
         out["decode_pct"].append(abs(r.decode_tokens_per_second - decode) / decode * 100)

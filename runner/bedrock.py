@@ -318,10 +318,7 @@ class BedrockProvider:
         else:
             output_tokens, token_source = seen.chunks, "stream_chunks"
         generate_time = seen.end - seen.sent
-        decode = None
-        if seen.first_any is not None and seen.last_delta is not None \
-                and output_tokens > 1 and seen.last_delta > seen.first_any:
-            decode = (output_tokens - 1) / (seen.last_delta - seen.first_any)
+        decode = _decode_speed(output_tokens, seen)
         misc: dict[str, Any] = {}
         if seen.reasoning_chunks:
             misc["reasoning_chunks"] = seen.reasoning_chunks
@@ -442,6 +439,25 @@ def _record(seen: _Stream, event: dict[str, Any], now: float) -> None:
         seen.usage = metadata.get("usage")
         latency = (metadata.get("metrics") or {}).get("latencyMs")
         seen.latency_ms = int(latency) if isinstance(latency, int | float) else None
+
+
+def _decode_speed(output_tokens: int, seen: _Stream) -> float | None:
+    """Tokens per second after the first delta (metric_version 2).
+
+    The tokens that arrived with the first delta were not decoded inside the
+    first-to-last span, so they are left out of the numerator. Bedrock's deltas
+    often carry several tokens and say not how many, so the first delta is taken
+    to hold the stream's mean (output_tokens / chunk_count); with one token a
+    delta this is the familiar (output_tokens - 1) / span. Counting only one
+    token there would overstate the speed by (tokens_per_delta - 1) / output_tokens.
+    """
+    if seen.first_any is None or seen.last_delta is None or seen.chunks < 2:
+        return None
+    span = seen.last_delta - seen.first_any
+    first_delta_tokens = output_tokens / seen.chunks
+    if span <= 0 or output_tokens <= first_delta_tokens:
+        return None
+    return (output_tokens - first_delta_tokens) / span
 
 
 def _since(t: float | None, start: float) -> float | None:

@@ -153,10 +153,11 @@ class StreamPlan:
 
     @property
     def decode_tokens_per_second(self) -> float | None:
-        """(output_tokens - 1) / (last delta - first delta), as CONTRACT section 3 defines it."""
-        if len(self.deltas) < 2 or self.output_tokens < 2:
+        """Tokens sent after the first delta over the first-to-last span (metric_version 2)."""
+        if len(self.deltas) < 2 or self.output_tokens <= self.deltas[0].tokens:
             return None
-        return (self.output_tokens - 1) / (self.deltas[-1].at - self.deltas[0].at)
+        return ((self.output_tokens - self.deltas[0].tokens)
+                / (self.deltas[-1].at - self.deltas[0].at))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real MongoDB-protocol server for the session, a fresh database per test.
+"""Shared fixtures: one MongoDB-protocol server for the whole test run, a database per test.
 
 Fixtures of each part live in tests/support/ and are registered here.
 """
@@ -33,7 +33,7 @@ def _clean_aws_env(monkeypatch):
 
 @pytest.fixture(scope="session")
 def mongo_server(tmp_path_factory):
-    """The nx-27017 server of this session, or None when TEST_MONGODB_URI names a real one."""
+    """The nx-27017 server of this test run, or None when TEST_MONGODB_URI names a real one."""
     if os.environ.get("TEST_MONGODB_URI"):
         yield None
         return

@@ -68,10 +68,24 @@ def _assert_figures_match(result: Result, sim, model_id: str) -> None:
     _assert_close(result.generate_time, plan.generate_time + late["end"])
     span = plan.deltas[-1].at - plan.deltas[0].at + late["last"] - late["first_any"]
     assert result.decode_tokens_per_second == pytest.approx(
-        (plan.output_tokens - 1) / span, rel=0.15)
+        (plan.output_tokens - plan.deltas[0].tokens) / span, rel=0.15)
     assert result.output_tokens == plan.output_tokens
     assert result.tokens_per_second == pytest.approx(result.output_tokens
                                                      / result.generate_time)
+
+
+def test_decode_speed_leaves_out_every_token_of_the_first_delta(provider_for):
+    # 8 tokens a delta every 50 ms decode at 160 tok/s; counting only one token of
+    # the first delta as "not decoded" would read 63 / 0.35 s = 180 tok/s.
+    sim, provider = provider_for({"m": ModelBehaviour(ttft=0.1, gap=0.05, tokens_per_delta=8,
+                                                      output_tokens=64)})
+    result = _result(provider.measure("m", PROFILE))
+    late = sim.stats()["streams"][result.request_id]
+    span = 0.35 + late["last"] - late["first_any"]
+    assert result.chunk_count == 8
+    assert result.decode_tokens_per_second == pytest.approx(56 / span, rel=0.05)
+    assert result.decode_tokens_per_second < 63 / span * 0.95
+    assert result.metric_version == 2
 
 
 def test_first_model_is_measured_against_the_configured_delays(provider_for):
