@@ -24,6 +24,7 @@ from pymongo.errors import (
 )
 
 from . import metrics, settings
+from .breaker import Breaker
 from .errors import ApiError, error_response
 from .settings import Settings
 
@@ -58,6 +59,20 @@ class _Handle:
         self.pid = 0
         self.indexes_checked_at: float | None = None
         self.collections: dict[str, Collection] = {}
+        self._breaker: Breaker | None = None
+        self._breaker_pid = 0
+
+    def breaker(self) -> Breaker:
+        # Per process, like the client: a forked worker starts closed, with its own lock.
+        if self._breaker is None or self._breaker_pid != os.getpid():
+            with self.lock:
+                if self._breaker is None or self._breaker_pid != os.getpid():
+                    self._breaker = Breaker(
+                        self.cfg.db_cooldown_seconds,
+                        probe_limit_seconds=self.cfg.db_timeout_seconds + 1.0,
+                    )
+                    self._breaker_pid = os.getpid()
+        return self._breaker
 
     def get(self) -> pymongo.MongoClient:
         with self.lock:
@@ -170,6 +185,18 @@ def unavailable(exc: Exception) -> ApiError:
     )
 
 
+def refused() -> ApiError:
+    """The 503 answered at once while the circuit is open: no database call, counted, not logged."""
+    metrics.observe_db_refused()
+    cfg = settings.current()
+    return ApiError(
+        503,
+        "database_unavailable",
+        "The database is unavailable or slow; retry after the delay in Retry-After.",
+        headers={"Retry-After": str(cfg.retry_after_seconds)},
+    )
+
+
 def is_outage(exc: BaseException) -> bool:
     """True when a database error means "unreachable or too slow" rather than a bug."""
     if isinstance(exc, ConnectionFailure | ExecutionTimeout | WTimeoutError):
@@ -178,20 +205,37 @@ def is_outage(exc: BaseException) -> bool:
 
 
 @contextmanager
-def bounded() -> Iterator[None]:
-    """Run database calls under the app's time cap; an outage becomes a 503 ApiError."""
+def bounded(*, guarded: bool = True) -> Iterator[None]:
+    """Run database calls under the app's time cap; an outage becomes a 503 ApiError.
+
+    Guarded calls are refused at once (503) while the circuit breaker is open; an
+    unguarded call (the readiness ping) always asks the database, and its outcome
+    still opens or closes the breaker.
+    """
+    breaker = _handle().breaker()
+    started = breaker.admit() if guarded else breaker.clock()
+    if started is None:
+        raise refused()
+    outage = False
     try:
         with pymongo.timeout(settings.current().db_timeout_seconds):
             yield
     except PyMongoError as exc:
         if is_outage(exc):
+            outage = True
+            breaker.fail(started)
             raise unavailable(exc) from exc
         raise
+    finally:
+        # Anything but an outage means the database answered (an error of its own, a
+        # duplicate key, a conflict): the breaker closes, and a probe's slot is freed.
+        if not outage:
+            breaker.succeed()
 
 
 def ping() -> None:
-    """Ask the database to answer, within the time cap (503 ApiError otherwise)."""
-    with bounded():
+    """Ask the database to answer, within the time cap (503 ApiError otherwise), breaker or not."""
+    with bounded(guarded=False):
         get_db().command("ping")
 
 

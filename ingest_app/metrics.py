@@ -33,6 +33,10 @@ REJECTIONS = Counter(
     "bench_ingest_rejections_total", "Requests or batch items refused, by error code", ["reason"]
 )
 DB_ERRORS = Counter("bench_ingest_db_errors_total", "Database calls that failed or timed out")
+DB_REFUSED = Counter(
+    "bench_ingest_db_refused_total",
+    "Requests answered 503 at once, without a database call, while the circuit breaker was open",
+)
 WRITE_LATENCY = Histogram(
     "bench_ingest_write_seconds",
     "Time spent in the database write of one request",
@@ -65,6 +69,11 @@ def observe_rejection(reason: str) -> None:
 def observe_db_error() -> None:
     """Count a database failure or timeout."""
     DB_ERRORS.inc()
+
+
+def observe_db_refused() -> None:
+    """Count a request the circuit breaker answered 503 without asking the database."""
+    DB_REFUSED.inc()
 
 
 def _route_label() -> str:

@@ -44,6 +44,8 @@ class Settings:
     db_timeout_seconds: float = 3.0
     connect_timeout_ms: int = 2000
     retry_after_seconds: int = 5
+    # After a database timeout, requests are answered 503 at once for this long (0: never).
+    db_cooldown_seconds: float = 1.5
     # A client that stops sending its body is cut off after this long, freeing the thread.
     body_timeout_seconds: float = 10.0
 
@@ -83,6 +85,8 @@ class Settings:
                                    0.1, MAX_DB_TIMEOUT_SECONDS, problems)
         retry_after = _parse_number(env, "INGEST_RETRY_AFTER_SECONDS", int,
                                     cls.retry_after_seconds, 1, 3600, problems)
+        cooldown = _parse_number(env, "INGEST_DB_COOLDOWN_SECONDS", float,
+                                 cls.db_cooldown_seconds, 0, 60, problems)
         body_timeout = _parse_number(env, "INGEST_BODY_TIMEOUT_SECONDS", float,
                                      cls.body_timeout_seconds, 0.5, 120, problems)
 
@@ -100,6 +104,7 @@ class Settings:
             db_timeout_seconds=db_timeout,
             connect_timeout_ms=min(int(db_timeout * 1000), cls.connect_timeout_ms),
             retry_after_seconds=retry_after,
+            db_cooldown_seconds=cooldown,
             body_timeout_seconds=body_timeout,
         )
 
