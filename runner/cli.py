@@ -18,7 +18,6 @@ import click
 
 import bench_contract as contract
 
-from . import __version__
 from . import settings as cfg
 
 if TYPE_CHECKING:
@@ -234,7 +233,7 @@ def _delivery_line(report: CycleReport) -> str:
 
 
 @click.group(context_settings=CONTEXT, epilog=EXIT_CODES_TEXT)
-@click.version_option(__version__, prog_name="bench-runner")
+@click.version_option(package_name="bench-ingest", prog_name="bench-runner")
 def main() -> None:
     """Measure hosted LLMs (Amazon Bedrock) and deliver every result to the ingest API.
 

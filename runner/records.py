@@ -10,8 +10,6 @@ from typing import Any
 
 import bench_contract as contract
 
-from . import __version__
-
 
 @dataclass(frozen=True)
 class Profile:
@@ -21,6 +19,13 @@ class Profile:
     max_tokens: int = contract.DEFAULT_MAX_TOKENS
     temperature: float | None = contract.DEFAULT_TEMPERATURE
     profile_id: str = contract.DEFAULT_PROFILE_ID
+
+
+def _runner_version() -> str:
+    # Resolved when a record is made, not at import, so `bench-runner --help` stays fast.
+    import runner
+
+    return runner.__version__
 
 
 def _iso(ts: datetime) -> str:
@@ -68,7 +73,7 @@ class Result:
     chunk_count: int | None = None
     reasoning_tokens: int | None = None
     metric_version: int = contract.METRIC_VERSION
-    runner_version: str = __version__
+    runner_version: str = field(default_factory=_runner_version)
     misc: dict[str, Any] | None = None
 
     kind = "result"
@@ -109,7 +114,7 @@ class Failure:
     http_status: int | None = None
     request_id: str | None = None
     attempts: int = 1
-    runner_version: str = __version__
+    runner_version: str = field(default_factory=_runner_version)
     misc: dict[str, Any] | None = None
 
     kind = "error"

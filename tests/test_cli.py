@@ -377,3 +377,28 @@ def test_models_are_split_trimmed_and_deduplicated():
 
     settings = load(state_dir="/tmp/x", models=" a, b,,a ,c ", environ={})
     assert settings.models == ("a", "b", "c")
+
+
+# -- start-up ---------------------------------------------------------------------------
+
+
+def test_help_does_not_look_up_the_installed_version():
+    # importlib.metadata costs ~20 ms of start-up; --help never needs the version.
+    code = ("import sys; from runner.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('importlib.metadata' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, timeout=30, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"
+
+
+def test_version_is_the_installed_one_in_records_and_in_the_version_option():
+    from importlib.metadata import version
+
+    import runner
+    from tests.support.runner import make_failure, make_result
+
+    installed = version("bench-ingest")
+    assert runner.__version__ == installed
+    assert make_result().runner_version == make_failure().runner_version == installed
+    assert installed in invoke(["--version"], {}).output
