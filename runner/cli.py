@@ -54,6 +54,8 @@ def exit_code(report: CycleReport) -> ExitCode:
     """The most serious problem of a cycle: delivery problems before model failures."""
     if report.setup_error:
         return ExitCode.CONFIG
+    if report.cycle_error:
+        return ExitCode.ERROR
     if report.delivery.auth_refused:
         return ExitCode.AUTH
     if report.outbox_full or report.lost:

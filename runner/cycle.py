@@ -48,6 +48,7 @@ class CycleReport:
     refused_at_queue: int = 0
     lost: int = 0
     setup_error: str | None = None
+    cycle_error: str | None = None
     outbox_full: str | None = None
     pending: int = 0
     dead_total: int = 0
@@ -63,6 +64,8 @@ class CycleReport:
         out = []
         if self.setup_error:
             out.append(self.setup_error)
+        if self.cycle_error:
+            out.append(self.cycle_error)
         out.extend(self.delivery.problems)
         if self.outbox_full:
             out.append(self.outbox_full)
@@ -121,26 +124,43 @@ def run_cycle(
                                    queued=_queue(record, outbox, client, report,
                                                  threading.Event()))
             report.outcomes.append(outcome)
-            if on_outcome is not None:
-                on_outcome(outcome)
+            _tell(on_outcome, outcome)
         report.delivery.add(outbox.drain(client))
         return _finish(report, outbox, started)
 
+    try:
+        _drain_and_measure(settings, provider, outbox, client, report, on_outcome, stop)
+    except Exception as exc:  # a broken cycle must still leave records
+        log.exception("cycle failed")
+        report.cycle_error = f"the cycle failed: {type(exc).__name__}: {exc}"
+        # Models that ended with a record keep it; the others are reported, not forgotten.
+        done = {o.model for o in report.outcomes} | set(report.skipped)
+        for model in settings.models:
+            if model not in done:
+                record = _setup_failure(settings, provider, model, "unknown",
+                                        report.cycle_error)
+                report.outcomes.append(ModelOutcome(
+                    model=model, record=record,
+                    queued=_queue(record, outbox, client, report, threading.Event())))
+    return _finish(report, outbox, started)
+
+
+def _drain_and_measure(settings: Settings, provider: Any, outbox: Outbox, client: Any,
+                       report: CycleReport, on_outcome: Callable[[ModelOutcome], None] | None,
+                       stop: threading.Event | None) -> None:
     report.delivery.add(outbox.drain(client))
     if report.delivery.auth_refused:
         # Measuring now would only fill the outbox with records the API will refuse.
         report.skipped = list(settings.models)
-        return _finish(report, outbox, started)
+        return
     try:
         outbox.check_room(len(settings.models))
     except OutboxFull as exc:
         report.outbox_full = str(exc)
         report.skipped = list(settings.models)
-        return _finish(report, outbox, started)
-
+        return
     _measure_all(settings, provider, outbox, client, report, on_outcome, stop)
     report.delivery.add(outbox.drain(client))
-    return _finish(report, outbox, started)
 
 
 def _finish(report: CycleReport, outbox: Outbox, started: float) -> CycleReport:
@@ -182,20 +202,31 @@ def _measure_all(settings: Settings, provider: Any, outbox: Outbox, client: Any,
             outcome = ModelOutcome(model=model, record=record,
                                    queued=_queue(record, outbox, client, report, halt))
             report.outcomes.append(outcome)
-            if on_outcome is not None:
-                on_outcome(outcome)
+            _tell(on_outcome, outcome)
     # Keep the order the user asked for, whatever order models finished in.
     order = {m: i for i, m in enumerate(settings.models)}
     report.skipped.sort(key=order.__getitem__)
+
+
+def _tell(on_outcome: Callable[[ModelOutcome], None] | None, outcome: ModelOutcome) -> None:
+    """Report progress; a broken progress line (stdout closed) must not stop the queueing."""
+    if on_outcome is None:
+        return
+    try:
+        on_outcome(outcome)
+    except Exception:  # the record is queued already; only the line is lost
+        log.exception("progress report failed model=%s", outcome.model)
 
 
 def _queue(record: Result | Failure, outbox: Outbox, client: Any, report: CycleReport,
            halt: threading.Event) -> bool:
     try:
         path = outbox.put(record)
-    except OutboxFull as exc:
+    except (OutboxFull, OSError) as exc:
         halt.set()
-        report.outbox_full = f"{exc}: stopped measuring"
+        reason = str(exc) if isinstance(exc, OutboxFull) else (
+            f"cannot write the outbox in {outbox.root}: {exc.strerror or exc}")
+        report.outbox_full = f"{reason}: stopped measuring"
         # The record exists only in memory now: try to hand it over directly.
         post = client.post_result if isinstance(record, Result) else client.post_error
         try:

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from runner import outbox as outbox_module
+from runner.cli import ExitCode, exit_code
 from runner.cycle import run_cycle
 from runner.ingest_client import IngestClient
 from runner.outbox import Outbox
@@ -266,3 +267,60 @@ def test_results_measured_while_the_api_was_down_reach_mongodb_on_the_next_run(
     assert box.pending_count() == 0
     stored = {d["result_id"] for d in ingest_server.db["metrics_cloud_v2"].find()}
     assert stored == {first.outcomes[0].record.result_id, second.outcomes[0].record.result_id}
+
+
+def test_an_outbox_write_error_hands_the_record_over_and_measures_nothing_new(
+        make_settings, scripted_ingest, provider, monkeypatch):
+    # Not only a full disk: any write error (EIO, a read-only remount) must not lose the
+    # record in hand nor those of the models still being measured.
+    settings = make_settings(ingest_url=scripted_ingest.ingest_url,
+                             models=("sim.a-v1", "sim.b-v1", "sim.c-v1"), concurrency=1)
+
+    def broken(fd, data):
+        raise OSError(errno.EIO, "Input/output error")
+
+    box = Outbox.from_settings(settings)
+    monkeypatch.setattr(outbox_module, "_write_all", broken)
+    with IngestClient(settings) as client:
+        report = run_cycle(settings, provider, box, client)
+    assert "Input/output error" in report.outbox_full
+    assert "sim.c-v1" in report.skipped
+    assert report.lost == 0
+    posted = [p.json()["result_id"] for p in scripted_ingest.posts("/ingest")]
+    assert posted == [o.record.result_id for o in report.outcomes]
+    assert exit_code(report) == ExitCode.OUTBOX_FULL
+
+
+def test_a_failing_progress_line_loses_no_record(make_settings, scripted_ingest, provider):
+    # E.g. stdout piped into `head`, closed after the first line.
+    settings = make_settings(ingest_url=scripted_ingest.ingest_url,
+                             models=("sim.a-v1", "sim.b-v1", "sim.c-v1"), concurrency=1)
+
+    def broken_pipe(outcome):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    report, box = cycle(settings, provider, on_outcome=broken_pipe)
+    assert sorted(o.model for o in report.outcomes) == list(settings.models)
+    assert sorted(d["model_name"] for d in scripted_ingest.stored.values()) == \
+        list(settings.models)
+    assert box.pending_count() == 0
+
+
+def test_an_error_inside_the_cycle_leaves_a_failure_per_model_in_the_outbox(
+        make_settings, scripted_ingest, provider, monkeypatch):
+    settings = make_settings(ingest_url=scripted_ingest.ingest_url,
+                             models=("sim.a-v1", "sim.b-v1"))
+    box = Outbox.from_settings(settings)
+
+    def unreadable(client, **kw):
+        raise PermissionError(13, "Permission denied", str(box.pending))
+
+    monkeypatch.setattr(box, "drain", unreadable)
+    with IngestClient(settings) as client:
+        report = run_cycle(settings, provider, box, client)
+    assert "PermissionError" in report.cycle_error
+    assert exit_code(report) == ExitCode.ERROR
+    queued = [json.loads(p.read_text())["payload"] for p in sorted(box.pending.iterdir())]
+    assert sorted(f["model_name"] for f in queued) == ["sim.a-v1", "sim.b-v1"]
+    assert {(f["stage"], f["error_kind"]) for f in queued} == {("setup", "unknown")}
+    assert all("Permission denied" in f["message"] for f in queued)
