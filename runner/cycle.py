@@ -118,6 +118,14 @@ def run_cycle(
         # model's silence is reported as a failure so the gap shows where people look.
         report.setup_error = str(exc)
         kind = "auth" if "credential" in str(exc).lower() else "unknown"
+        report.delivery.add(outbox.drain(client))
+        try:
+            outbox.check_room(len(settings.models))
+        except OutboxFull as full:
+            # Bounded even when every cycle fails: nothing new, as for measured records.
+            report.outbox_full = str(full)
+            report.skipped = list(settings.models)
+            return _finish(report, outbox, started)
         for model in settings.models:
             record = _setup_failure(settings, provider, model, kind, str(exc))
             outcome = ModelOutcome(model=model, record=record,
@@ -248,6 +256,11 @@ def _queue(record: Result | Failure, outbox: Outbox, client: Any, report: CycleR
 def report_cycle_failure(settings: Settings, outbox: Outbox, exc: BaseException) -> int:
     """Queue one failure per model for a cycle that broke; returns how many were queued."""
     queued = 0
+    try:
+        outbox.check_room(len(settings.models))
+    except (OSError, OutboxFull) as full:
+        log.error("cycle failure not queued: %s", full)
+        return 0
     for model in settings.models:
         record = _setup_failure(settings, None, model, "unknown",
                                 f"the cycle failed: {type(exc).__name__}: {exc}")

@@ -9,7 +9,7 @@ import pytest
 
 from runner import outbox as outbox_module
 from runner.cli import ExitCode, exit_code
-from runner.cycle import run_cycle
+from runner.cycle import report_cycle_failure, run_cycle
 from runner.ingest_client import IngestClient
 from runner.outbox import Outbox
 from runner.provider import get_provider
@@ -324,3 +324,25 @@ def test_an_error_inside_the_cycle_leaves_a_failure_per_model_in_the_outbox(
     assert sorted(f["model_name"] for f in queued) == ["sim.a-v1", "sim.b-v1"]
     assert {(f["stage"], f["error_kind"]) for f in queued} == {("setup", "unknown")}
     assert all("Permission denied" in f["message"] for f in queued)
+
+
+def test_setup_failures_respect_the_outbox_bound(make_settings, bedrock_sim, monkeypatch):
+    # Lost credentials with the API down, cycle after cycle: the outbox must stay bounded.
+    bedrock_sim(SIM)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    settings = make_settings(ingest_url=f"http://127.0.0.1:{free_port()}/ingest",
+                             models=("sim.a-v1", "sim.b-v1"), max_pending=3)
+    box = Outbox.from_settings(settings)
+    box.put(make_result("sim.old-v1"))
+    fresh = get_provider("bedrock", region="us-east-1")
+    try:
+        for _ in range(3):
+            report, box = cycle(settings, fresh, warm=True)
+    finally:
+        fresh.close()
+    assert box.pending_count() == 3
+    assert "bound of 3" in report.outbox_full
+    assert exit_code(report) != ExitCode.OK
+    assert report_cycle_failure(settings, box, RuntimeError("broken")) == 0
+    assert box.pending_count() == 3
