@@ -259,7 +259,11 @@ class BedrockProvider:
         if profile.temperature is not None:
             inference["temperature"] = profile.temperature
         # Refresh near-expiry credentials (instance role) here, not inside the call.
-        self._credentials.get_frozen_credentials()
+        try:
+            self._credentials.get_frozen_credentials()
+        except Exception as exc:  # noqa: BLE001 - a refresh failure is this model's failure
+            return _AttemptFailed(classify(exc, model_id=model_id), "setup",
+                                  datetime.now(UTC), None)
         if time.monotonic() - self._last_used > IDLE_REWARM_SECONDS:
             self._warm_connections(1, strict=False)
         self._sent.at = None

@@ -377,3 +377,24 @@ def test_malformed_region_is_a_setup_error(bedrock_sim):
     bedrock_sim()
     with pytest.raises(SetupError, match="us east 1"):
         BedrockProvider(region="us east 1").warm()
+
+
+def test_credentials_that_cannot_refresh_are_an_auth_failure_and_nothing_is_called(
+        provider_for):
+    # An instance role whose refresh fails just before a call (metadata service gone).
+    from botocore.credentials import RefreshableCredentials
+    from botocore.exceptions import CredentialRetrievalError
+
+    def refresh():
+        raise CredentialRetrievalError(provider="iam-role", error_msg="metadata unreachable")
+
+    sim, provider = provider_for({"m": ModelBehaviour(ttft=0.01, gap=0.002)})
+    provider._credentials = RefreshableCredentials.create_from_metadata(
+        metadata={"access_key": "testing", "secret_key": "testing", "token": "testing",
+                  "expiry_time": "2000-01-01T00:00:00Z"},
+        refresh_using=refresh, method="iam-role")
+    failure = _failure(provider.measure("m", PROFILE))
+    assert (failure.error_kind, failure.stage) == ("auth", "setup")
+    assert failure.exc_type == "CredentialRetrievalError"
+    assert "metadata unreachable" in failure.message
+    assert sim.calls("m") == 0
