@@ -96,6 +96,7 @@ _NAME_KINDS = {
     "ConnectionError": "transient",
 }
 
+_REFINABLE_KINDS = frozenset({"invalid_request", "model_unavailable", "unknown"})
 _END_OF_LIFE = re.compile(r"end[ -]of[ -](its )?life|no longer (available|supported)", re.I)
 _ON_DEMAND = re.compile(r"on-demand throughput is(n['\u2019]t| not) supported", re.I)
 _TEXT_KINDS = (
@@ -138,9 +139,13 @@ def classify(exc: BaseException, *, model_id: str | None = None) -> Classificati
 
     kind = _kind(names, code, status, sdk_message)
     hint = None
-    if _END_OF_LIFE.search(sdk_message):
+    # The text only refines what the name left open: Bedrock reports a retired model and
+    # a profile-only model as ValidationException (or 404); it never overrides e.g. a
+    # throttle, which must stay retryable.
+    refinable = kind in _REFINABLE_KINDS
+    if refinable and _END_OF_LIFE.search(sdk_message):
         kind = "model_unavailable"
-    elif _ON_DEMAND.search(sdk_message):
+    elif refinable and _ON_DEMAND.search(sdk_message):
         kind = "invalid_request"
         hint = profile_hint(model_id)
         message = f"{message} Hint: {hint}."

@@ -127,3 +127,25 @@ def test_secrets_echoed_in_a_message_are_redacted():
     assert "AKIAIOSFODNN7EXAMPLE" not in cleaned
     assert "0123abcdef" not in cleaned
     assert redact("plain message") == "plain message"
+
+
+@pytest.mark.parametrize(("code", "status", "message", "kind"), [
+    ("ThrottlingException", 429,
+     "Too many requests: capacity that is no longer available was reclaimed.", "throttled"),
+    ("ServiceUnavailableException", 503,
+     "The endpoint is no longer available for a moment; try again.", "transient"),
+    ("AccessDeniedException", 403,
+     "Invocation with on-demand throughput isn't supported for this account.", "auth"),
+])
+def test_exception_name_decides_before_the_message_text(code, status, message, kind):
+    # CONTRACT section 4: name and status first, message text only as a fallback.
+    c = classify(_client_error(code, message, status), model_id="vendor.model-v1")
+    assert c.kind == kind
+    assert c.hint is None
+
+
+def test_end_of_life_message_refines_a_mid_stream_validation_error():
+    exc = EventStreamError({"Error": {"Code": "validationException",
+                                      "Message": "This model version has reached the end of "
+                                                 "its life."}}, "ConverseStream")
+    assert classify(exc).kind == "model_unavailable"
