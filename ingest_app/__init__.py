@@ -9,13 +9,14 @@ from .settings import EXTENSION, Settings
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app; with no settings, read them from the environment (and fail loudly)."""
-    from . import api, db, errors, metrics, read
+    from . import api, db, errors, limiter, metrics, read
 
     app = Flask(__name__)
     app.extensions[EXTENSION] = settings if settings is not None else Settings.from_env()
     # Bodies are read and limited by the app itself (jsonbody); JSON answers keep their order.
     app.json.sort_keys = False
     db.init_app(app)
+    limiter.init_app(app)
     errors.init_app(app)
     api.init_app(app)
     metrics.init_app(app)

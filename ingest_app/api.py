@@ -13,6 +13,7 @@ import bench_contract as contract
 from . import db, jsonbody, metrics, openapi, settings, store
 from .auth import require_key
 from .errors import ApiError
+from .limiter import limit_rate
 from .schemas import FAILURE_SCHEMA, RESULT_SCHEMA, fingerprint
 
 bp = Blueprint("api", __name__)
@@ -61,6 +62,7 @@ def _answer(kind: str, outcome: store.Outcome, id_field: str) -> ResponseReturnV
 
 @bp.post("/ingest")
 @require_key
+@limit_rate
 def ingest_result() -> ResponseReturnValue:
     """Store one benchmark result exactly once."""
     record = _load(RESULT_SCHEMA, _body(), "result")
@@ -71,6 +73,7 @@ def ingest_result() -> ResponseReturnValue:
 
 @bp.post("/ingest/error")
 @require_key
+@limit_rate
 def ingest_error() -> ResponseReturnValue:
     """Store one failed attempt exactly once, with its fingerprint."""
     record = _load(FAILURE_SCHEMA, _body(), "error record")
@@ -97,6 +100,7 @@ def _batch_items(envelope: dict[str, Any]) -> list[Any]:
 
 @bp.post("/ingest/batch")
 @require_key
+@limit_rate
 def ingest_batch() -> ResponseReturnValue:
     """Store up to MAX_BATCH_ITEMS results; one status per item, in the order sent."""
     items = _batch_items(_body())

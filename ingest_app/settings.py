@@ -46,6 +46,8 @@ class Settings:
     retry_after_seconds: int = 5
     # After a database timeout, requests are answered 503 at once for this long (0: never).
     db_cooldown_seconds: float = 1.5
+    # Write requests a minute per key name, counted in each worker process (0: no limit).
+    rate_limit_per_minute: int = 600
     # A client that stops sending its body is cut off after this long, freeing the thread.
     body_timeout_seconds: float = 10.0
 
@@ -87,6 +89,8 @@ class Settings:
                                     cls.retry_after_seconds, 1, 3600, problems)
         cooldown = _parse_number(env, "INGEST_DB_COOLDOWN_SECONDS", float,
                                  cls.db_cooldown_seconds, 0, 60, problems)
+        rate_limit = _parse_number(env, "INGEST_RATE_LIMIT", int, cls.rate_limit_per_minute,
+                                   0, 1_000_000, problems)
         body_timeout = _parse_number(env, "INGEST_BODY_TIMEOUT_SECONDS", float,
                                      cls.body_timeout_seconds, 0.5, 120, problems)
 
@@ -105,6 +109,7 @@ class Settings:
             connect_timeout_ms=min(int(db_timeout * 1000), cls.connect_timeout_ms),
             retry_after_seconds=retry_after,
             db_cooldown_seconds=cooldown,
+            rate_limit_per_minute=rate_limit,
             body_timeout_seconds=body_timeout,
         )
 

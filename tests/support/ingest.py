@@ -199,12 +199,17 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def gunicorn_env(mongo_uri: str, db_name: str, **extra: str) -> dict[str, str]:
-    """The environment of an ingest app on this database with TEST_KEYS."""
+    """The environment of an ingest app on this database with TEST_KEYS, without a rate limit.
+
+    One key sends everything here, faster than any runner (the load benchmark most of all);
+    the limit's own tests set INGEST_RATE_LIMIT through `extra`.
+    """
     return {
         "MONGODB_URI": mongo_uri,
         "MONGODB_DB": db_name,
         "INGEST_API_KEYS": keys_env(TEST_KEYS),
         "INGEST_READ_KEYS": keys_env(TEST_READ_KEYS),
+        "INGEST_RATE_LIMIT": "0",
         **extra,
     }
 
