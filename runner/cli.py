@@ -318,6 +318,7 @@ def daemon(interval: float, log_level: str, **opts: Any) -> None:
     import signal
 
     from .cycle import report_cycle_failure, run_cycle
+    from .failures import describe
     from .ingest_client import IngestClient
 
     log = logging.getLogger("runner")
@@ -338,8 +339,9 @@ def daemon(interval: float, log_level: str, **opts: Any) -> None:
                              _delivery_line(report))
                     for problem in report.problems():
                         log.warning("cycle %d: %s", cycles + 1, problem)
-                except Exception as exc:  # one bad cycle must not end the daemon
-                    log.exception("cycle %d failed; the next one runs on schedule", cycles + 1)
+                except Exception as exc:  # noqa: BLE001 - one bad cycle must not end the daemon
+                    log.error("cycle %d failed; the next one runs on schedule: %s", cycles + 1,
+                              describe(exc))
                     report_cycle_failure(settings, outbox, exc)
                 cycles += 1
                 stop.wait(max(0.0, interval * 60 - (time.monotonic() - started)))

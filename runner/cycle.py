@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .failures import describe
 from .outbox import DrainReport, Outbox, OutboxFull
 from .records import Failure, Result
 from .settings import Settings
@@ -138,9 +139,9 @@ def run_cycle(
 
     try:
         _drain_and_measure(settings, provider, outbox, client, report, on_outcome, stop)
-    except Exception as exc:  # a broken cycle must still leave records
-        log.exception("cycle failed")
-        report.cycle_error = f"the cycle failed: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a broken cycle must still leave records
+        report.cycle_error = f"the cycle failed: {describe(exc)}"
+        log.error("%s", report.cycle_error)
         # Models that ended with a record keep it; the others are reported, not forgotten.
         done = {o.model for o in report.outcomes} | set(report.skipped)
         for model in settings.models:
@@ -201,8 +202,8 @@ def _measure_all(settings: Settings, provider: Any, outbox: Outbox, client: Any,
             model = futures[future]
             try:
                 record = future.result()
-            except Exception as exc:  # a provider bug must still become a record
-                log.exception("measure raised model=%s", model)
+            except Exception as exc:  # noqa: BLE001 - a provider bug must still become a record
+                log.error("measure raised model=%s error=%s", model, describe(exc))
                 record = _failure_from_bug(settings, provider, model, exc)
             if record is None:
                 report.skipped.append(model)
@@ -222,8 +223,8 @@ def _tell(on_outcome: Callable[[ModelOutcome], None] | None, outcome: ModelOutco
         return
     try:
         on_outcome(outcome)
-    except Exception:  # the record is queued already; only the line is lost
-        log.exception("progress report failed model=%s", outcome.model)
+    except Exception as exc:  # noqa: BLE001 - the record is queued; only the line is lost
+        log.error("progress report failed model=%s error=%s", outcome.model, describe(exc))
 
 
 def _queue(record: Result | Failure, outbox: Outbox, client: Any, report: CycleReport,
@@ -263,12 +264,12 @@ def report_cycle_failure(settings: Settings, outbox: Outbox, exc: BaseException)
         return 0
     for model in settings.models:
         record = _setup_failure(settings, None, model, "unknown",
-                                f"the cycle failed: {type(exc).__name__}: {exc}")
+                                f"the cycle failed: {describe(exc)}")
         try:
             outbox.put(record)
             queued += 1
-        except (OSError, OutboxFull):
-            log.exception("cycle failure not queued model=%s", model)
+        except (OSError, OutboxFull) as put_exc:
+            log.error("cycle failure not queued model=%s error=%s", model, describe(put_exc))
     return queued
 
 
@@ -286,6 +287,6 @@ def _failure_from_bug(settings: Settings, provider: Any, model: str,
     return Failure(
         provider=getattr(provider, "name", settings.provider), model_name=model,
         ts=datetime.now(UTC), stage="call", error_kind="unknown",
-        message=f"the runner failed while measuring: {type(exc).__name__}: {exc}",
+        message=f"the runner failed while measuring: {describe(exc)}",
         region=getattr(provider, "region", None) or settings.region,
         benchmark_profile_id=settings.profile.profile_id, exc_type=type(exc).__name__)

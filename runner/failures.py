@@ -126,6 +126,19 @@ def redact(text: str) -> str:
     return text
 
 
+def describe(exc: BaseException) -> str:
+    """One line for a log or a failure record: type, redacted message, and where it was raised."""
+    text = " ".join(str(exc).split())
+    where = ""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is not None:
+        code = tb.tb_frame.f_code
+        where = f" (at {code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} in {code.co_name})"
+    return redact(f"{type(exc).__name__}: {text}") + where
+
+
 def classify(exc: BaseException, *, model_id: str | None = None) -> Classification:
     """Classify an exception raised by a call or while reading its stream."""
     names = [cls.__name__ for cls in type(exc).__mro__]

@@ -124,6 +124,9 @@ class Failure:
             raise ValueError(f"unknown stage {self.stage!r}")
         if self.error_kind not in contract.ERROR_KINDS:
             raise ValueError(f"unknown error kind {self.error_kind!r}")
+        from .failures import redact  # a message may quote an SDK error that echoes a key
+
+        object.__setattr__(self, "message", redact(self.message))
         if len(self.message) > contract.MAX_MESSAGE_CHARS:
             object.__setattr__(self, "message", self.message[: contract.MAX_MESSAGE_CHARS])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 
 import pytest
 
@@ -346,3 +347,21 @@ def test_setup_failures_respect_the_outbox_bound(make_settings, bedrock_sim, mon
     assert exit_code(report) != ExitCode.OK
     assert report_cycle_failure(settings, box, RuntimeError("broken")) == 0
     assert box.pending_count() == 3
+
+
+def test_an_aws_secret_in_a_runner_error_reaches_neither_the_failure_nor_the_log(
+        make_settings, scripted_ingest, provider, monkeypatch, caplog):
+    caplog.set_level(logging.DEBUG)
+    settings = make_settings(ingest_url=scripted_ingest.ingest_url, models=("sim.a-v1",))
+
+    def leaky(model_id, profile):
+        raise RuntimeError("signing failed for Credential=AKIAIOSFODNN7EXAMPLE/20261127 "
+                           "x-amz-security-token:IQoJb3JpZ2luX2VjEJr0secret0token")
+
+    monkeypatch.setattr(provider, "measure", leaky)
+    report, _ = cycle(settings, provider)
+    (posted,) = [p.json() for p in scripted_ingest.posts("/ingest/error")]
+    for text in (posted["message"], caplog.text, json.dumps(report.to_json())):
+        assert "AKIAIOSFODNN7EXAMPLE" not in text
+        assert "IQoJb3JpZ2luX2VjEJr0secret0token" not in text
+    assert "RuntimeError: signing failed" in posted["message"]
