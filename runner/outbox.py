@@ -427,7 +427,8 @@ class Outbox:
         """Send what is due, oldest first, until done or the API asks us to wait.
 
         Results go in batches through /ingest/batch; failures one by one through
-        /ingest/error (the contract has no batch route for them). `ignore_backoff`
+        /ingest/error (the contract has no batch route for them), each in its place in
+        the age order. `ignore_backoff`
         sends records whose backoff has not run out, but never before a Retry-After.
         """
         report = DrainReport()
@@ -443,8 +444,7 @@ class Outbox:
 
     def _drain_locked(self, client: Any, report: DrainReport, ignore_backoff: bool) -> None:
         now = self.clock()
-        results: list[Entry] = []
-        errors: list[Entry] = []
+        due: list[Entry] = []
         for name in self._names(self.pending):
             entry = self._read(self.pending / name)
             if entry == "vanished":
@@ -463,14 +463,25 @@ class Outbox:
             if due_at > now:
                 report.not_due += 1
                 continue
-            (results if entry.kind == "result" else errors).append(entry)
+            due.append(entry)
 
-        for batch in self._batches(results):
-            if not self._send_batch(client, batch, report):
+        # Oldest first across both kinds: runs of results go as batches, each failure alone
+        # at its place in the order.
+        results: list[Entry] = []
+        for entry in due:
+            if entry.kind == "result":
+                results.append(entry)
+                continue
+            if not self._send_results(client, results, report):
                 return
-        for entry in errors:
+            results = []
             if not self._send_one(client, entry, report):
                 return
+        self._send_results(client, results, report)
+
+    def _send_results(self, client: Any, results: list[Entry], report: DrainReport) -> bool:
+        """Send results in batches, in order; False means stop draining."""
+        return all(self._send_batch(client, batch, report) for batch in self._batches(results))
 
     def _unsendable(self, entry: Entry) -> str | None:
         """Why a record can never be sent (e.g. requeued after being refused at queueing)."""

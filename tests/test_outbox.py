@@ -424,3 +424,26 @@ def test_wrong_url_keeps_records_pending_and_says_which_setting_to_check(
         report = box.drain(c)
     assert box.pending_count() == 1
     assert "INGEST_API_URL" in report.problems[0]
+
+
+def test_drain_sends_failures_and_results_oldest_first(outbox, client, scripted_ingest):
+    # An older failure is not held behind newer results (nor lost with them when the
+    # batch route asks to wait).
+    older = make_failure()
+    outbox.put(older)
+    outbox.put(make_result("newer-1"))
+    outbox.put(make_result("newer-2"))
+    newest = make_failure("sim.newest-v1")
+    outbox.put(newest)
+    report = outbox.drain(client)
+    assert [r.path for r in scripted_ingest.requests] == [
+        "/ingest/error", "/ingest/batch", "/ingest/error"]
+    assert len(scripted_ingest.posts("/ingest/batch")[0].json()["results"]) == 2
+    assert report.delivered == 4
+
+    outbox.put(make_failure("sim.later-v1"))
+    outbox.put(make_result("later"))
+    scripted_ingest.script("/ingest/batch", Scripted(503, None, {"Retry-After": "120"}))
+    report = outbox.drain(client)
+    assert scripted_ingest.requests[-2].path == "/ingest/error"
+    assert (report.delivered, report.retry_later, outbox.pending_count()) == (1, 1, 1)
