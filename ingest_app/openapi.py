@@ -1,4 +1,4 @@
-"""The OpenAPI document of the write API, generated from the marshmallow schemas."""
+"""The OpenAPI document of every route, generated from the marshmallow schemas."""
 
 from __future__ import annotations
 
@@ -15,32 +15,72 @@ from . import schemas
 
 _JSON = "application/json"
 
+# What each error status means on the routes that can answer it; every one has the one shape.
+_ERRORS = {
+    "400": "not JSON, not an object, invalid UTF-8, duplicate keys, "
+           "NaN/Infinity/out-of-range numbers",
+    "401": "key missing, wrong, or in the query string",
+    "409": "the same id with different content; the stored one is kept",
+    "413": f"body over the limit ({contract.MAX_BODY_BYTES} bytes by default)",
+    "415": "not application/json, or a Content-Encoding",
+    "422": "invalid or unknown fields, each named in details.fields",
+    "429": "too many requests for this key; retry after Retry-After seconds",
+    "503": "database unavailable or slow; retry after Retry-After seconds",
+    "500": "a bug; logged under the request id, never a database outage",
+}
+_WRITE_ERRORS = ("400", "401", "409", "413", "415", "422", "429", "503", "500")
+_READ_ERRORS = ("401", "422", "503", "500")
+_WRITE_SECURITY = [{"ApiKey": []}, {"Bearer": []}]
+_READ_NOTE = (" Needs a read or write key unless the app runs with INGEST_PUBLIC_READ=true;"
+              " a key in the query string is always refused (401).")
 
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {_JSON: {"schema": "ErrorAnswer"}}}
+
+def _json(schema: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _errors(codes: tuple[str, ...], **overrides: str) -> dict[str, Any]:
+    return {code: _json("ErrorAnswer", overrides.get(code, _ERRORS[code])) for code in codes}
+
+
+def _retry_after() -> dict[str, Any]:
+    return {"Retry-After": {"description": "whole seconds to wait before trying again",
+                            "schema": {"type": "integer", "minimum": 1}}}
 
 
 def _write_operation(summary: str, body: str, answer: str, id_field: str) -> dict[str, Any]:
+    responses = {
+        "201": _json(answer, "stored (acknowledged by the database)"),
+        "200": _json(answer, f"the same {id_field} with the same content is already stored"),
+        **_errors(_WRITE_ERRORS,
+                  **{"409": f"the same {id_field} with different content; the stored one is "
+                            "kept"}),
+    }
+    for code in ("429", "503"):
+        responses[code]["headers"] = _retry_after()
     return {
         "summary": summary,
-        "security": [{"ApiKey": []}, {"Bearer": []}],
+        "security": _WRITE_SECURITY,
         "requestBody": {"required": True, "content": {_JSON: {"schema": body}}},
-        "responses": {
-            "201": {"description": "stored (acknowledged by the database)",
-                    "content": {_JSON: {"schema": answer}}},
-            "200": {"description": f"the same {id_field} with the same content is already stored",
-                    "content": {_JSON: {"schema": answer}}},
-            "400": _error("not JSON, not an object, invalid UTF-8, duplicate keys, "
-                          "NaN/Infinity/out-of-range numbers"),
-            "401": _error("key missing, wrong, or in the query string"),
-            "409": _error(f"the same {id_field} with different content; the stored one is kept"),
-            "413": _error(f"body over the limit ({contract.MAX_BODY_BYTES} bytes by default)"),
-            "415": _error("not application/json, or a Content-Encoding"),
-            "422": _error("invalid or unknown fields, each named in details.fields"),
-            "503": _error("database unavailable or slow; retry after Retry-After seconds"),
-        },
+        "responses": responses,
     }
+
+
+def _read_operation(summary: str, answer: dict[str, Any], query: type | None,
+                    errors: tuple[str, ...] = _READ_ERRORS, *, page: bool = False
+                    ) -> dict[str, Any]:
+    security = _WRITE_SECURITY + ([{"Basic": []}] if page else [])
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "description": summary + "." + _READ_NOTE,
+        "security": security,
+        "responses": {"200": answer, **_errors(errors)},
+    }
+    if "503" in operation["responses"]:
+        operation["responses"]["503"]["headers"] = _retry_after()
+    if query is not None:
+        operation["parameters"] = [{"in": "query", "schema": query}]
+    return operation
 
 
 def _version() -> str:
@@ -58,11 +98,15 @@ def document() -> dict[str, Any]:
         version=_version(),
         openapi_version="3.0.3",
         plugins=[MarshmallowPlugin()],
-        info={"description": "Takes benchmark results from runners and stores each exactly once."},
+        info={"description": "Takes benchmark results from runners and stores each exactly once. "
+                             "Every error answer has one shape (ErrorAnswer)."},
     )
     spec.components.security_scheme("ApiKey", {"type": "apiKey", "in": "header",
                                                "name": "X-API-Key"})
     spec.components.security_scheme("Bearer", {"type": "http", "scheme": "bearer"})
+    spec.components.security_scheme("Basic", {
+        "type": "http", "scheme": "basic",
+        "description": "status page only, for browsers: any user name, the key as password"})
     for name, schema in (
         ("Result", schemas.ResultSchema),
         ("Failure", schemas.FailureSchema),
@@ -70,6 +114,11 @@ def document() -> dict[str, Any]:
         ("WriteAnswer", schemas.WriteAnswerSchema),
         ("BatchAnswer", schemas.BatchAnswerSchema),
         ("ErrorAnswer", schemas.ErrorAnswerSchema),
+        ("StatusAnswer", schemas.StatusAnswerSchema),
+        ("StoredResult", schemas.StoredResultSchema),
+        ("ResultsPage", schemas.ResultsPageSchema),
+        ("ModelSummary", schemas.ModelSummarySchema),
+        ("Summary", schemas.SummarySchema),
     ):
         spec.components.schema(name, schema=schema)
 
@@ -81,15 +130,43 @@ def document() -> dict[str, Any]:
                              "BatchAnswer", "result_id")
     batch["responses"].pop("201")
     batch["responses"].pop("409")
-    batch["responses"]["200"] = {
-        "description": "one status per item, in order: created, duplicate, conflict, rejected",
-        "content": {_JSON: {"schema": "BatchAnswer"}},
-    }
+    batch["responses"]["200"] = _json(
+        "BatchAnswer", "one status per item, in order: created, duplicate, conflict, rejected")
     spec.path("/ingest/batch", operations={"post": batch})
+
     spec.path("/health", operations={"get": {
-        "summary": "The process is up", "responses": {"200": {"description": "up"}}}})
-    spec.path("/ready", operations={"get": {
-        "summary": "The database answers a ping",
-        "responses": {"200": {"description": "ready"},
-                      "503": _error("database unavailable")}}})
+        "summary": "The process is up (no database call)",
+        "responses": {"200": _json("StatusAnswer", "up"), **_errors(("500",))}}})
+    ready = {"summary": "The database answers a ping within the time cap",
+             "responses": {"200": _json("StatusAnswer", "ready"),
+                           **_errors(("503", "500"), **{"503": "database unavailable"})}}
+    ready["responses"]["503"]["headers"] = _retry_after()
+    spec.path("/ready", operations={"get": ready})
+    spec.path("/openapi.json", operations={"get": {
+        "summary": "This document",
+        "responses": {"200": {"description": "the OpenAPI document",
+                              "content": {_JSON: {"schema": {"type": "object"}}}},
+                      **_errors(("500",))}}})
+
+    spec.path("/results", operations={"get": _read_operation(
+        "Stored results newest first, filtered, a page at a time",
+        _json("ResultsPage", "one page; pass `next` as cursor for the one after"),
+        schemas.ResultsQuerySchema)})
+    spec.path("/summary", operations={"get": _read_operation(
+        "One row per provider and model over a window (default 24h)",
+        _json("Summary", "the window and one row per model"),
+        schemas.WindowQuerySchema)})
+    spec.path("/", operations={"get": _read_operation(
+        "The status page: a table and a tok/s sparkline per model, and the window's failures",
+        {"description": "the status page",
+         "content": {"text/html": {"schema": {"type": "string"}}}},
+        schemas.WindowQuerySchema, page=True)})
+    metrics = _read_operation(
+        "Prometheus metrics of every worker",
+        {"description": "Prometheus text exposition format",
+         "content": {"text/plain": {"schema": {"type": "string"}}}},
+        None, ("401", "500"))
+    metrics["description"] = ("Prometheus metrics of every worker. Needs a read or write key, "
+                              "even with INGEST_PUBLIC_READ=true.")
+    spec.path("/metrics", operations={"get": metrics})
     return spec.to_dict()

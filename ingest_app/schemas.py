@@ -15,9 +15,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate
 
 import bench_contract as contract
+
+from .history import DEFAULT_LIMIT, MAX_LIMIT
+from .read import MAX_FILTER_CHARS
+from .summary import DEFAULT_WINDOW
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -271,6 +275,87 @@ class ErrorAnswerSchema(Schema):
     """Every error answer: {"error": {...}}."""
 
     error = fields.Nested(ErrorBodySchema)
+
+
+class StatusAnswerSchema(Schema):
+    """The answer of GET /health ("ok") and GET /ready ("ready")."""
+
+    status = fields.String(validate=validate.OneOf(("ok", "ready")))
+
+
+class StoredResultSchema(ResultSchema):
+    """A stored result as GET /results shows it: times as RFC 3339 UTC strings, no _id."""
+
+    class Meta:
+        # The collection is shared with older writers: their extra fields are shown as stored.
+        unknown = INCLUDE
+
+    received_at = fields.DateTime(metadata={"description": "when the server stored it"})
+    runner_id = fields.String(metadata={"description": "the name of the key that sent it"})
+
+
+class ResultsQuerySchema(Schema):
+    """The query parameters of GET /results (any other is refused with 422); for the docs only.
+
+    read.py parses them itself; a test checks these names are exactly read.RESULTS_PARAMS.
+    """
+
+    provider = fields.String(validate=validate.Length(min=1, max=MAX_FILTER_CHARS))
+    model_name = fields.String(validate=validate.Length(min=1, max=MAX_FILTER_CHARS))
+    since = fields.AwareDateTime(metadata={"description": "run_ts at or after (RFC 3339)"})
+    until = fields.AwareDateTime(metadata={"description": "run_ts before (RFC 3339)"})
+    limit = fields.Integer(load_default=DEFAULT_LIMIT,
+                           validate=validate.Range(min=1, max=MAX_LIMIT))
+    cursor = fields.String(metadata={"description": "the `next` of the previous page"})
+
+
+class ResultsPageSchema(Schema):
+    """GET /results: one page of stored results, newest first."""
+
+    results = fields.List(fields.Nested(StoredResultSchema))
+    next = fields.String(allow_none=True,
+                         metadata={"description": "cursor of the next page; null at the end"})
+
+
+class WindowQuerySchema(Schema):
+    """The window of GET /summary and the status page (any other parameter of /summary: 422)."""
+
+    window = fields.String(load_default=DEFAULT_WINDOW,
+                           metadata={"description": "a count and a unit m, h or d, like 1h, "
+                                                    "24h or 7d; at most 31d"})
+
+
+class SpreadSchema(Schema):
+    """The median and 90th percentile of one figure over the window (null with no data)."""
+
+    median = fields.Float(allow_none=True)
+    p90 = fields.Float(allow_none=True)
+
+
+class ModelSummarySchema(Schema):
+    """One provider and model over the window, with its latest record ever."""
+
+    provider = fields.String()
+    model_name = fields.String()
+    last_run = fields.DateTime(allow_none=True)
+    last_outcome = fields.String(allow_none=True, metadata={
+        "description": "ok for a stored result, else the failure's error_kind"})
+    last_result_at = fields.DateTime(allow_none=True)
+    last_failure_at = fields.DateTime(allow_none=True)
+    runs = fields.Integer(metadata={"description": "results and failures in the window"})
+    failures = fields.Integer()
+    success_rate = fields.Float(allow_none=True)
+    time_to_first_token = fields.Nested(SpreadSchema)
+    tokens_per_second = fields.Nested(SpreadSchema)
+
+
+class SummarySchema(Schema):
+    """GET /summary: one row per provider and model over the window."""
+
+    window = fields.String()
+    since = fields.DateTime()
+    until = fields.DateTime()
+    models = fields.List(fields.Nested(ModelSummarySchema))
 
 
 _ID_LIKE = re.compile(

@@ -1,0 +1,102 @@
+"""GET /openapi.json documents every route the app serves, and what each really answers."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from ingest_app import read
+from tests.support.ingest import TEST_READ_KEYS, failure_payload, result_payload
+
+READER = {"X-API-Key": TEST_READ_KEYS["dashboard"]}
+ERROR_REF = "#/components/schemas/ErrorAnswer"
+
+
+@pytest.fixture
+def spec(client) -> dict:
+    answer = client.get("/openapi.json")
+    assert answer.status_code == 200
+    return answer.get_json()
+
+
+def _operations(spec: dict):
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            yield path, method, operation
+
+
+def _openapi_path(rule: str) -> str:
+    return re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule)
+
+
+def test_every_route_the_app_registers_is_documented(app, spec):
+    registered = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":  # the status page's stylesheet, not an API
+            continue
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            registered.add((_openapi_path(rule.rule), method.lower()))
+    documented = {(path, method) for path, method, _ in _operations(spec)}
+    assert registered - documented == set()
+    assert {("/results", "get"), ("/summary", "get"), ("/", "get"), ("/metrics", "get")
+            } <= documented
+
+
+def test_every_error_status_is_documented_in_the_one_error_shape(spec):
+    for path, method, operation in _operations(spec):
+        errors = {code: r for code, r in operation["responses"].items() if int(code) >= 400}
+        assert "500" in errors, (path, method)
+        for code, response in errors.items():
+            schema = response["content"]["application/json"]["schema"]
+            assert schema == {"$ref": ERROR_REF}, (path, method, code)
+    body = spec["components"]["schemas"]["ErrorAnswer"]["properties"]["error"]
+    assert body["$ref"].endswith("/ErrorBody")
+    assert set(spec["components"]["schemas"]["ErrorBody"]["properties"]) == {
+        "code", "message", "details", "request_id"}
+
+
+def test_statuses_that_ask_to_retry_document_retry_after(spec):
+    for path, _, operation in _operations(spec):
+        for code in ("429", "503"):
+            if code in operation["responses"]:
+                assert "Retry-After" in operation["responses"][code]["headers"], (path, code)
+    assert "429" in spec["paths"]["/ingest"]["post"]["responses"]
+    assert "429" in spec["paths"]["/ingest/batch"]["post"]["responses"]
+
+
+@pytest.mark.parametrize(("path", "accepted"), [
+    ("/results", read.RESULTS_PARAMS),
+    ("/summary", read.SUMMARY_PARAMS),
+])
+def test_read_routes_document_exactly_the_query_parameters_they_accept(spec, path, accepted):
+    params = spec["paths"][path]["get"]["parameters"]
+    assert {p["name"] for p in params} == set(accepted)
+    assert all(p["in"] == "query" for p in params)
+
+
+def test_read_routes_name_their_security_and_the_status_page_takes_basic(spec):
+    for path in ("/results", "/summary", "/", "/metrics"):
+        schemes = {name for entry in spec["paths"][path]["get"]["security"] for name in entry}
+        assert {"ApiKey", "Bearer"} <= schemes
+    assert {"Basic"} == {name for entry in spec["paths"]["/"]["get"]["security"]
+                         for name in entry} - {"ApiKey", "Bearer"}
+
+
+def test_documented_read_answers_match_what_the_routes_answer(client, auth_headers, spec):
+    assert client.post("/ingest", json=result_payload(), headers=auth_headers).status_code == 201
+    assert client.post("/ingest/error", json=failure_payload(),
+                       headers=auth_headers).status_code == 201
+    schemas = spec["components"]["schemas"]
+
+    page = client.get("/results", headers=READER).get_json()
+    assert set(page) == set(schemas["ResultsPage"]["properties"])
+    assert set(page["results"][0]) <= set(schemas["StoredResult"]["properties"])
+    assert {"received_at", "runner_id"} <= set(page["results"][0])
+
+    summary = client.get("/summary", headers=READER).get_json()
+    assert set(summary) == set(schemas["Summary"]["properties"])
+    assert len(summary["models"]) == 2
+    for row in summary["models"]:
+        assert set(row) == set(schemas["ModelSummary"]["properties"])
+        assert set(row["tokens_per_second"]) == set(schemas["Spread"]["properties"])
