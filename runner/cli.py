@@ -470,7 +470,12 @@ def flush(ctx: click.Context, now: bool, log_level: str, **opts: Any) -> None:
 @_state_dir_option
 def requeue(state_dir: Path | None) -> None:
     """Move every dead record back to pending (after fixing what refused it, e.g. the key)."""
-    moved = _outbox(cfg.load(state_dir=state_dir)).requeue_dead()
+    from .outbox import OutboxBusy
+
+    try:
+        moved = _outbox(cfg.load(state_dir=state_dir)).requeue_dead()
+    except OutboxBusy as exc:
+        raise click.ClickException(f"{exc}; try again when that run has finished") from None
     click.echo(f"moved {moved} record(s) back to pending")
 
 
@@ -485,8 +490,18 @@ def requeue(state_dir: Path | None) -> None:
 def simulate(host: str, port: int, config_path: Path | None) -> None:
     """Serve a Bedrock-compatible endpoint locally (point boto3 at it with AWS_ENDPOINT_URL_*)."""
     _configure_logging("info")
-    from .simulator import run
+    from .simulator import SimulatorConfig, run
 
+    if config_path is not None:
+        try:
+            SimulatorConfig.from_file(config_path)
+        except (OSError, ValueError, TypeError) as exc:
+            raise click.ClickException(
+                f"cannot use the simulator config {config_path}: {exc}") from None
     click.echo(f"export AWS_ENDPOINT_URL_BEDROCK_RUNTIME=http://{host}:{port} "
                f"AWS_ENDPOINT_URL_BEDROCK=http://{host}:{port}", err=True)
-    run(host, port, config_path)
+    try:
+        run(host, port, config_path)
+    except OSError as exc:  # the bind: the address is taken or not ours
+        raise click.ClickException(f"cannot listen on {host}:{port}: "
+                                   f"{exc.strerror or exc}; pick another --port") from None

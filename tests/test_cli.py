@@ -402,3 +402,44 @@ def test_version_is_the_installed_one_in_records_and_in_the_version_option():
     assert runner.__version__ == installed
     assert make_result().runner_version == make_failure().runner_version == installed
     assert installed in invoke(["--version"], {}).output
+
+
+# -- errors a user meets are one line -------------------------------------------------------
+
+
+def test_simulate_on_a_busy_port_is_one_line_naming_the_option():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["simulate", "--port", str(port)])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
+    assert f"127.0.0.1:{port}" in line and "--port" in line
+
+
+def test_simulate_with_a_bad_config_is_one_line(tmp_path):
+    config = tmp_path / "sim.json"
+    config.write_text(json.dumps({"models": {"m": {"ttft": 0.1, "colour": "blue"}}}))
+    result = CliRunner().invoke(main, ["simulate", "--port", "0", "--config", str(config)])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
+    assert "colour" in line and str(config) in line
+
+
+def test_requeue_while_another_run_drains_is_one_line(env, monkeypatch):
+    from runner.outbox import OutboxBusy
+
+    def busy(self):
+        raise OutboxBusy("another process is draining the outbox")
+
+    monkeypatch.setattr(Outbox, "requeue_dead", busy)
+    result = CliRunner().invoke(main, ["outbox", "requeue"], env=env)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    (line,) = result.stderr.strip().splitlines()
+    assert "another process is draining" in line and "try again" in line
