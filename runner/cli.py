@@ -308,7 +308,8 @@ def daemon(interval: float, log_level: str, **opts: Any) -> None:
     """Run a cycle every --interval minutes until SIGTERM or SIGINT (for containers).
 
     A bad cycle is logged and reported, never fatal. Exits 0 on a clean stop, 2 on a
-    configuration error at start.
+    configuration error at start, 7 when the ingest API refuses the key (every later
+    cycle would only dead-letter its records).
     """
     _configure_logging(log_level)
     settings = _settings(opts, need_models=True, need_delivery=True)
@@ -327,9 +328,10 @@ def daemon(interval: float, log_level: str, **opts: Any) -> None:
         signal.signal(sig, lambda *_: stop.set())
     log.info("daemon started models=%s interval_min=%s", ",".join(settings.models), interval)
     cycles = 0
+    code = ExitCode.OK
     try:
         with IngestClient(settings) as client:
-            while not stop.is_set():
+            while not stop.is_set() and code == ExitCode.OK:
                 started = time.monotonic()
                 try:
                     report = run_cycle(settings, provider, outbox, client, warm=cycles > 0,
@@ -339,15 +341,22 @@ def daemon(interval: float, log_level: str, **opts: Any) -> None:
                              _delivery_line(report))
                     for problem in report.problems():
                         log.warning("cycle %d: %s", cycles + 1, problem)
+                    if report.delivery.auth_refused:
+                        code = ExitCode.AUTH
                 except Exception as exc:  # noqa: BLE001 - one bad cycle must not end the daemon
                     log.error("cycle %d failed; the next one runs on schedule: %s", cycles + 1,
                               describe(exc))
                     report_cycle_failure(settings, outbox, exc)
                 cycles += 1
-                stop.wait(max(0.0, interval * 60 - (time.monotonic() - started)))
+                if code == ExitCode.OK:
+                    stop.wait(max(0.0, interval * 60 - (time.monotonic() - started)))
     finally:
         provider.close()
     log.info("daemon stopped after %d cycle(s)", cycles)
+    if code == ExitCode.AUTH:
+        log.error("daemon stopped: the ingest API refused the key; check INGEST_API_KEY, then "
+                  "move the refused records back with `bench-runner outbox requeue`")
+        sys.exit(int(code))
 
 
 @main.command(name="models")

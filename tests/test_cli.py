@@ -443,3 +443,14 @@ def test_requeue_while_another_run_drains_is_one_line(env, monkeypatch):
     assert isinstance(result.exception, SystemExit)
     (line,) = result.stderr.strip().splitlines()
     assert "another process is draining" in line and "try again" in line
+
+
+def test_daemon_exits_7_when_the_ingest_api_refuses_the_key(env, sim, scripted_ingest):
+    # Every later cycle would measure results only to dead-letter them: stop and say why.
+    refused = Scripted(401, {"error": {"code": "unauthorized", "message": "no"}})
+    scripted_ingest.script("/ingest/batch", *[refused] * 20)
+    result = run_cli(["daemon", "--interval", "0"], {**env, **sim.env}, timeout=30)
+    assert result.returncode == ExitCode.AUTH
+    assert "INGEST_API_KEY" in result.stderr.strip().splitlines()[-1]
+    assert len(scripted_ingest.posts("/ingest/batch")) == 1
+    assert SCRIPTED_KEY not in result.stderr
