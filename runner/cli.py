@@ -261,11 +261,15 @@ def once(ctx: click.Context, as_json: bool, log_level: str, **opts: Any) -> None
     def show(outcome: ModelOutcome) -> None:
         click.echo(_outcome_line(outcome), err=as_json)
 
+    stop = _StopSignal()
+    previous = _catch_stop_signals(stop)
     try:
         with IngestClient(settings) as client:
-            report = run_cycle(settings, provider, outbox, client, warm=False, on_outcome=show)
+            report = run_cycle(settings, provider, outbox, client, warm=False, on_outcome=show,
+                               stop=stop)
     finally:
         provider.close()
+        _restore_signals(previous)
     code = exit_code(report)
     if as_json:
         import json
@@ -296,6 +300,32 @@ class _StopSignal:
         deadline = time.monotonic() + seconds
         while not self.requested and (left := deadline - time.monotonic()) > 0:
             time.sleep(min(0.2, left))
+
+
+def _catch_stop_signals(stop: _StopSignal) -> dict[int, Any]:
+    """SIGTERM/SIGINT start no new model; the ones in flight finish and are queued.
+
+    A model being measured was called (and billed): killing the run there would lose its
+    record. A second signal acts as usual.
+    """
+    import signal
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum: int, _frame: Any) -> None:
+        stop.set()
+        signal.signal(signum, previous[signum])
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    return previous
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    import signal
+
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 @main.command(epilog=KEY_TEXT)

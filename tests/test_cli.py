@@ -454,3 +454,33 @@ def test_daemon_exits_7_when_the_ingest_api_refuses_the_key(env, sim, scripted_i
     assert "INGEST_API_KEY" in result.stderr.strip().splitlines()[-1]
     assert len(scripted_ingest.posts("/ingest/batch")) == 1
     assert SCRIPTED_KEY not in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_once_stopped_mid_run_keeps_the_result_in_flight_and_starts_no_new_model(
+        env, bedrock_sim, scripted_ingest, sig):
+    # systemctl stop, a start timeout or Ctrl-C: the model being measured is finished and
+    # delivered (it was called and billed), the rest are listed as not measured.
+    sim = bedrock_sim({"models": {"sim.slow-v1": {**FAST, "ttft": 1.0}, "sim.a-v1": FAST}})
+    full = {k: v for k, v in os.environ.items()
+            if not k.startswith(("INGEST_", "BENCHMARK_", "BENCH_RUNNER_"))}
+    full.update(env)
+    full.update(sim.env)
+    full["BENCHMARK_MODELS"] = "sim.slow-v1,sim.a-v1"
+    proc = subprocess.Popen([BENCH_RUNNER, "once"], env=full, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while sim.calls("sim.slow-v1") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == ExitCode.MODEL_FAILED, err
+    assert [d["model_name"] for d in scripted_ingest.stored.values()] == ["sim.slow-v1"]
+    assert sim.calls("sim.a-v1") == 0
+    assert "not measured: sim.a-v1" in err
+    assert "Traceback" not in err
