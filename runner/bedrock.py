@@ -125,7 +125,8 @@ class BedrockProvider:
         try:
             runtime = session.client("bedrock-runtime", config=self._config())
         except BotoCoreError as exc:
-            raise SetupError(f"Cannot create a Bedrock client in {self.region}: {exc}") from exc
+            raise SetupError(f"Cannot create a Bedrock client in {self.region}: {exc}",
+                             kind="invalid_request", exc_type=type(exc).__name__) from exc
         runtime.meta.events.register("before-send.bedrock-runtime.ConverseStream",
                                      self._mark_sent)
         return runtime
@@ -138,13 +139,16 @@ class BedrockProvider:
             credentials = session.get_credentials()
             frozen = credentials.get_frozen_credentials() if credentials else None
         except BotoCoreError as exc:
-            raise SetupError(f"Cannot load AWS credentials: {exc}") from exc
+            raise SetupError(f"Cannot load AWS credentials: {exc}", kind="auth",
+                             exc_type=type(exc).__name__) from exc
         if not session.region_name:
-            raise SetupError("No AWS region: pass --region or set AWS_REGION.")
+            raise SetupError("No AWS region: pass --region or set AWS_REGION.",
+                             kind="invalid_request")
         if frozen is None or not frozen.access_key:
             raise SetupError(
                 "No AWS credentials found: on EC2 attach an instance role; elsewhere set "
-                "AWS_PROFILE or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.")
+                "AWS_PROFILE or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.", kind="auth",
+                exc_type="NoCredentialsError")
         self.region = session.region_name
         self._session, self._credentials = session, credentials
         return session
@@ -209,11 +213,13 @@ class BedrockProvider:
             code = exc.response.get("Error", {}).get("Code")
             if strict and code in _CREDENTIAL_CODES:
                 raise SetupError(f"AWS refused the credentials ({code}): check the instance "
-                                 f"role or the configured keys.") from exc
+                                 f"role or the configured keys.", kind="auth",
+                                 exc_type=type(exc).__name__) from exc
         except BotoCoreError as exc:
             if strict:
                 raise SetupError(f"Cannot reach Bedrock at {self._runtime.meta.endpoint_url}: "
-                                 f"{exc}") from exc
+                                 f"{exc}", kind=classify(exc).kind,
+                                 exc_type=type(exc).__name__) from exc
             log.warning("bedrock connection warm-up failed: %s", exc)
 
     def _mark_sent(self, **_: Any) -> None:

@@ -118,7 +118,6 @@ def run_cycle(
         # Reached in a later daemon cycle (credentials expired, role detached): each
         # model's silence is reported as a failure so the gap shows where people look.
         report.setup_error = str(exc)
-        kind = "auth" if "credential" in str(exc).lower() else "unknown"
         report.delivery.add(outbox.drain(client))
         try:
             outbox.check_room(len(settings.models))
@@ -128,7 +127,8 @@ def run_cycle(
             report.skipped = list(settings.models)
             return _finish(report, outbox, started)
         for model in settings.models:
-            record = _setup_failure(settings, provider, model, kind, str(exc))
+            record = _setup_failure(settings, provider, model, exc.kind, str(exc),
+                                    exc_type=exc.exc_type)
             outcome = ModelOutcome(model=model, record=record,
                                    queued=_queue(record, outbox, client, report,
                                                  threading.Event()))
@@ -274,12 +274,12 @@ def report_cycle_failure(settings: Settings, outbox: Outbox, exc: BaseException)
 
 
 def _setup_failure(settings: Settings, provider: Any, model: str, kind: str,
-                   message: str) -> Failure:
+                   message: str, *, exc_type: str | None = None) -> Failure:
     return Failure(
         provider=getattr(provider, "name", None) or settings.provider, model_name=model,
         ts=datetime.now(UTC), stage="setup", error_kind=kind, message=message,
         region=getattr(provider, "region", None) or settings.region,
-        benchmark_profile_id=settings.profile.profile_id)
+        benchmark_profile_id=settings.profile.profile_id, exc_type=exc_type)
 
 
 def _failure_from_bug(settings: Settings, provider: Any, model: str,

@@ -14,7 +14,17 @@ from .records import Failure, Profile, Result
 
 
 class SetupError(Exception):
-    """A problem the user must fix before anything can be measured, said as one sentence."""
+    """A problem the user must fix before anything can be measured, said as one sentence.
+
+    `kind` and `exc_type` classify it as a failure (CONTRACT section 4) where it is raised,
+    from the exception that caused it, for the records of a cycle it stops.
+    """
+
+    def __init__(self, message: str, *, kind: str = "unknown",
+                 exc_type: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.exc_type = exc_type
 
 
 @dataclass(frozen=True)

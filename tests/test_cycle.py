@@ -365,3 +365,20 @@ def test_an_aws_secret_in_a_runner_error_reaches_neither_the_failure_nor_the_log
         assert "AKIAIOSFODNN7EXAMPLE" not in text
         assert "IQoJb3JpZ2luX2VjEJr0secret0token" not in text
     assert "RuntimeError: signing failed" in posted["message"]
+
+
+def test_bedrock_unreachable_in_a_later_cycle_is_classified_by_the_exception(
+        make_settings, scripted_ingest, bedrock_sim):
+    sim = bedrock_sim(SIM)
+    settings = make_settings(ingest_url=scripted_ingest.ingest_url, models=("sim.a-v1",))
+    p = get_provider("bedrock", region="us-east-1", retries=0)
+    try:
+        p.warm()
+        sim.stop()  # the endpoint goes away between daemon cycles
+        report, _ = cycle(settings, p, warm=True)
+    finally:
+        p.close()
+    assert "Cannot reach Bedrock" in report.setup_error
+    (error,) = [post.json() for post in scripted_ingest.posts("/ingest/error")]
+    assert (error["stage"], error["error_kind"]) == ("setup", "transient")
+    assert error["exc_type"] == "EndpointConnectionError"
