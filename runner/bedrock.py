@@ -69,6 +69,7 @@ class _AttemptFailed:
     stage: str
     run_ts: datetime
     request_id: str | None
+    called: bool = True  # False when it failed before any call was made
 
 
 class BedrockProvider:
@@ -235,15 +236,18 @@ class BedrockProvider:
             self.warm()
         earlier: list[dict[str, Any]] = []
         first_ts: datetime | None = None
-        attempt = 0
+        attempt = calls = 0  # `attempts` in a record counts calls actually made
         while True:
             attempt += 1
             outcome = self._attempt(model_id, profile)
             if isinstance(outcome, _Stream):
-                verdict = self._judge(model_id, profile, outcome, attempt, earlier)
+                calls += 1
+                verdict = self._judge(model_id, profile, outcome, calls, earlier)
                 if isinstance(verdict, Result):
                     return verdict
                 outcome = verdict
+            elif outcome.called:
+                calls += 1
             first_ts = first_ts or outcome.run_ts
             c = outcome.classification
             if c.kind != "budget_exhausted":
@@ -252,7 +256,7 @@ class BedrockProvider:
             if not c.retryable or attempt > self.retries:
                 log.warning("bedrock %s failed: kind=%s code=%s attempts=%d", model_id, c.kind,
                             c.code or c.exc_type, attempt)
-                return self._failure(model_id, profile, outcome, first_ts, attempt, earlier)
+                return self._failure(model_id, profile, outcome, first_ts, calls, earlier)
             delay = self._backoff_delay(attempt, c.kind)
             log.warning("bedrock %s attempt %d %s (%s); retrying in %.2f s", model_id, attempt,
                         c.kind, c.code or c.exc_type, delay)
@@ -269,7 +273,7 @@ class BedrockProvider:
             self._credentials.get_frozen_credentials()
         except Exception as exc:  # noqa: BLE001 - a refresh failure is this model's failure
             return _AttemptFailed(classify(exc, model_id=model_id), "setup",
-                                  datetime.now(UTC), None)
+                                  datetime.now(UTC), None, called=False)
         if time.monotonic() - self._last_used > IDLE_REWARM_SECONDS:
             self._warm_connections(1, strict=False)
         self._sent.at = None

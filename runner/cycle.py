@@ -279,7 +279,8 @@ def _setup_failure(settings: Settings, provider: Any, model: str, kind: str,
         provider=getattr(provider, "name", None) or settings.provider, model_name=model,
         ts=datetime.now(UTC), stage="setup", error_kind=kind, message=message,
         region=getattr(provider, "region", None) or settings.region,
-        benchmark_profile_id=settings.profile.profile_id, exc_type=exc_type)
+        benchmark_profile_id=settings.profile.profile_id, exc_type=exc_type,
+        attempts=0)  # nothing was called
 
 
 def _failure_from_bug(settings: Settings, provider: Any, model: str,

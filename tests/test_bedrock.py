@@ -397,4 +397,4 @@ def test_credentials_that_cannot_refresh_are_an_auth_failure_and_nothing_is_call
     assert (failure.error_kind, failure.stage) == ("auth", "setup")
     assert failure.exc_type == "CredentialRetrievalError"
     assert "metadata unreachable" in failure.message
-    assert sim.calls("m") == 0
+    assert failure.attempts == 0 == sim.calls("m")

@@ -252,6 +252,7 @@ def test_setup_failure_in_a_later_cycle_is_reported_as_a_failure_per_model(
     errors = [p.json() for p in scripted_ingest.posts("/ingest/error")]
     assert sorted(e["model_name"] for e in errors) == ["sim.a-v1", "sim.b-v1"]
     assert {(e["stage"], e["error_kind"]) for e in errors} == {("setup", "auth")}
+    assert {e["attempts"] for e in errors} == {0}  # no call was made
     assert box.pending_count() == 0
 
 
