@@ -147,7 +147,9 @@ class IngestClient:
             raise BodyTooLarge(
                 f"body of {len(body)} bytes is over the contract's {contract.MAX_BODY_BYTES}")
         try:
-            response = self.session.post(url, data=body, timeout=self.settings.http_timeout)
+            # Never follow a redirect: the key would go along to wherever it points.
+            response = self.session.post(url, data=body, timeout=self.settings.http_timeout,
+                                         allow_redirects=False)
         except requests.RequestException as exc:
             log.warning("ingest unreachable url=%s error=%s", url, type(exc).__name__)
             return Answer(status=None, error=f"{type(exc).__name__}: {_first_line(exc)}")

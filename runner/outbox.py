@@ -599,7 +599,7 @@ class Outbox:
         self._schedule(entry, status, answer.describe(), answer.retry_after, counted=True)
         report.retry_later += 1
         problem = f"ingest API not taking records ({answer.describe()}); they wait in pending/"
-        if status in (404, 405):
+        if status in (404, 405) or (status is not None and 300 <= status < 400):
             problem += f" (is {ENV_INGEST_URL} the full URL of POST /ingest?)"
         if problem not in report.problems:
             report.problems.append(problem)

@@ -119,3 +119,22 @@ def test_413_with_retry_after_is_not_retried_inside_the_call(make_settings, scri
         answer = client.post_result(make_result().to_payload())
     assert answer.status == 413
     assert len(scripted_ingest.posts("/ingest")) == 1
+
+
+def test_a_redirect_is_not_followed_so_the_key_never_leaves_for_another_host(
+        make_settings, scripted_ingest):
+    from tests.support.runner import ScriptedIngest
+
+    elsewhere = ScriptedIngest()
+    elsewhere.start()
+    try:
+        scripted_ingest.script("/ingest", Scripted(307, None,
+                                                   {"Location": elsewhere.ingest_url}))
+        settings = make_settings(ingest_url=scripted_ingest.ingest_url, http_retries=2)
+        with IngestClient(settings) as client:
+            answer = client.post_result(make_result().to_payload())
+    finally:
+        elsewhere.stop()
+    assert elsewhere.requests == []
+    assert answer.status == 307
+    assert not answer.delivered

@@ -447,3 +447,13 @@ def test_drain_sends_failures_and_results_oldest_first(outbox, client, scripted_
     report = outbox.drain(client)
     assert scripted_ingest.requests[-2].path == "/ingest/error"
     assert (report.delivered, report.retry_later, outbox.pending_count()) == (1, 1, 1)
+
+
+def test_a_redirect_keeps_records_pending_and_says_which_setting_to_check(
+        outbox, client, scripted_ingest):
+    outbox.put(make_result())
+    scripted_ingest.script("/ingest/batch", Scripted(301, None, {
+        "Location": "https://ingest.example.invalid/ingest/batch"}))
+    report = outbox.drain(client)
+    assert outbox.pending_count() == 1
+    assert "INGEST_API_URL" in report.problems[0]
