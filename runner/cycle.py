@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -119,22 +119,9 @@ def run_cycle(
         # model's silence is reported as a failure so the gap shows where people look.
         report.setup_error = str(exc)
         report.delivery.add(outbox.drain(client))
-        try:
-            outbox.check_room(len(settings.models))
-        except OutboxFull as full:
-            # Bounded even when every cycle fails: nothing new, as for measured records.
-            report.outbox_full = str(full)
-            report.skipped = list(settings.models)
-            return _finish(report, outbox, started)
-        for model in settings.models:
-            record = _setup_failure(settings, provider, model, exc.kind, str(exc),
-                                    exc_type=exc.exc_type)
-            outcome = ModelOutcome(model=model, record=record,
-                                   queued=_queue(record, outbox, client, report,
-                                                 threading.Event()))
-            report.outcomes.append(outcome)
-            _tell(on_outcome, outcome)
-        report.delivery.add(outbox.drain(client))
+        if _report_unmeasured(settings, provider, outbox, client, report, settings.models,
+                              exc.kind, str(exc), exc.exc_type, on_outcome):
+            report.delivery.add(outbox.drain(client))
         return _finish(report, outbox, started)
 
     try:
@@ -144,14 +131,31 @@ def run_cycle(
         log.error("%s", report.cycle_error)
         # Models that ended with a record keep it; the others are reported, not forgotten.
         done = {o.model for o in report.outcomes} | set(report.skipped)
-        for model in settings.models:
-            if model not in done:
-                record = _setup_failure(settings, provider, model, "unknown",
-                                        report.cycle_error)
-                report.outcomes.append(ModelOutcome(
-                    model=model, record=record,
-                    queued=_queue(record, outbox, client, report, threading.Event())))
+        _report_unmeasured(settings, provider, outbox, client, report,
+                           [m for m in settings.models if m not in done], "unknown",
+                           report.cycle_error, type(exc).__name__, on_outcome)
     return _finish(report, outbox, started)
+
+
+def _report_unmeasured(settings: Settings, provider: Any, outbox: Outbox, client: Any,
+                       report: CycleReport, models: Sequence[str], kind: str, message: str,
+                       exc_type: str | None,
+                       on_outcome: Callable[[ModelOutcome], None] | None) -> bool:
+    """Queue a setup failure for each model a broken cycle did not measure; False if no room."""
+    try:
+        outbox.check_room(len(models))
+    except (OutboxFull, OSError) as full:
+        # Bounded even when every cycle fails: nothing new, as for measured records.
+        report.outbox_full = str(full)
+        report.skipped.extend(models)
+        return False
+    for model in models:
+        record = _setup_failure(settings, provider, model, kind, message, exc_type=exc_type)
+        outcome = ModelOutcome(model=model, record=record,
+                               queued=_queue(record, outbox, client, report, threading.Event()))
+        report.outcomes.append(outcome)
+        _tell(on_outcome, outcome)
+    return True
 
 
 def _drain_and_measure(settings: Settings, provider: Any, outbox: Outbox, client: Any,

@@ -383,3 +383,20 @@ def test_bedrock_unreachable_in_a_later_cycle_is_classified_by_the_exception(
     (error,) = [post.json() for post in scripted_ingest.posts("/ingest/error")]
     assert (error["stage"], error["error_kind"]) == ("setup", "transient")
     assert error["exc_type"] == "EndpointConnectionError"
+
+
+def test_an_error_inside_every_cycle_keeps_the_outbox_bounded(
+        make_settings, scripted_ingest, provider, monkeypatch):
+    settings = make_settings(ingest_url=scripted_ingest.ingest_url,
+                             models=("sim.a-v1", "sim.b-v1"), max_pending=3)
+    box = Outbox.from_settings(settings)
+
+    def unreadable(client, **kw):
+        raise PermissionError(13, "Permission denied", str(box.pending))
+
+    monkeypatch.setattr(box, "drain", unreadable)
+    with IngestClient(settings) as client:
+        reports = [run_cycle(settings, provider, box, client) for _ in range(3)]
+    assert box.pending_count() == 2
+    assert "bound of 3" in reports[-1].outbox_full
+    assert reports[-1].skipped == ["sim.a-v1", "sim.b-v1"]
