@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from .failures import redact
 from .records import Failure, Profile, Result
 
 
@@ -22,7 +23,9 @@ class SetupError(Exception):
 
     def __init__(self, message: str, *, kind: str = "unknown",
                  exc_type: str | None = None) -> None:
-        super().__init__(message)
+        # It quotes SDK errors, which may quote a credential helper's output: one line
+        # for the terminal, and no key in it.
+        super().__init__(redact(" ".join(message.split())))
         self.kind = kind
         self.exc_type = exc_type
 

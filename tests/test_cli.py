@@ -484,3 +484,19 @@ def test_once_stopped_mid_run_keeps_the_result_in_flight_and_starts_no_new_model
     assert sim.calls("sim.a-v1") == 0
     assert "not measured: sim.a-v1" in err
     assert "Traceback" not in err
+
+
+def test_a_credential_error_that_quotes_a_key_is_printed_redacted(env, sim, tmp_path,
+                                                                  monkeypatch):
+    # botocore puts a credential_process's stderr into its error message as it is.
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\ncredential_process = sh -c "
+                      "'echo token refused for AKIAIOSFODNN7EXAMPLE >&2; exit 1'\n")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    result = invoke(["once"], env)
+    assert result.exit_code == ExitCode.CONFIG
+    (line,) = result.stderr.strip().splitlines()
+    assert "Cannot load AWS credentials" in line
+    assert "AKIAIOSFODNN7EXAMPLE" not in line
