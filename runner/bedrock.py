@@ -237,9 +237,12 @@ class BedrockProvider:
         earlier: list[dict[str, Any]] = []
         first_ts: datetime | None = None
         attempt = calls = 0  # `attempts` in a record counts calls actually made
+        # call_timeout caps the model as a whole, retries included: no attempt
+        # starts, and no stream runs on, past it.
+        cap_at = time.perf_counter() + self.call_timeout
         while True:
             attempt += 1
-            outcome = self._attempt(model_id, profile)
+            outcome = self._attempt(model_id, profile, cap_at)
             if isinstance(outcome, _Stream):
                 calls += 1
                 verdict = self._judge(model_id, profile, outcome, calls, earlier)
@@ -253,18 +256,20 @@ class BedrockProvider:
             if c.kind != "budget_exhausted":
                 # A broken attempt may have taken its connection with it.
                 self._warm_connections(1, strict=False)
-            if not c.retryable or attempt > self.retries:
+            delay = self._backoff_delay(attempt, c.kind)
+            out_of_time = time.perf_counter() + delay >= cap_at
+            if not c.retryable or attempt > self.retries or out_of_time:
                 log.warning("bedrock %s failed: kind=%s code=%s attempts=%d", model_id, c.kind,
                             c.code or c.exc_type, attempt)
                 return self._failure(model_id, profile, outcome, first_ts, calls, earlier)
-            delay = self._backoff_delay(attempt, c.kind)
             log.warning("bedrock %s attempt %d %s (%s); retrying in %.2f s", model_id, attempt,
                         c.kind, c.code or c.exc_type, delay)
             earlier.append(_summary(outcome, attempt))
             self._sleep(delay)
 
-    def _attempt(self, model_id: str, profile: Profile) -> _Stream | _AttemptFailed:
-        """One timed ConverseStream call; a failure is returned with its stage."""
+    def _attempt(self, model_id: str, profile: Profile,
+                 cap_at: float) -> _Stream | _AttemptFailed:
+        """One timed ConverseStream call, stopped at `cap_at`; a failure comes with its stage."""
         inference: dict[str, Any] = {"maxTokens": profile.max_tokens}
         if profile.temperature is not None:
             inference["temperature"] = profile.temperature
@@ -287,7 +292,7 @@ class BedrockProvider:
             )
             seen = _Stream(sent=self._sent.at or called,
                            run_ts=self._sent.wall if self._sent.at else called_wall)
-            deadline = seen.sent + self.call_timeout
+            deadline = min(seen.sent + self.call_timeout, cap_at)
             request_id = seen.request_id = response["ResponseMetadata"].get("RequestId")
             stream, stage = response["stream"], "stream"
             for event in stream:

@@ -139,7 +139,7 @@ def _measure_options(f: Any) -> Any:
         click.option("--profile-id", default=contract.DEFAULT_PROFILE_ID,
                      help="Name of this prompt + max tokens + temperature, stored with results."),
         click.option("--call-timeout", type=click.FloatRange(1), default=cfg.DEFAULT_CALL_TIMEOUT,
-                     help="Cap in seconds on one model's whole call; past it, a timeout failure."),
+                     help="Seconds one model may take, retries included; past it, a timeout."),
         click.option("--max-pending", envvar=cfg.ENV_MAX_PENDING, show_envvar=True,
                      type=click.IntRange(1), default=cfg.DEFAULT_MAX_PENDING,
                      help="Bound on records waiting in the outbox; past it nothing new is "

@@ -245,6 +245,18 @@ def test_slow_stream_past_the_overall_cap_is_a_timeout(provider_for):
     assert "0.5 s" in failure.message
 
 
+def test_overall_cap_covers_the_model_retries_included(provider_for):
+    # Each attempt alone fits in the cap, but three of them do not: the cap is the
+    # model's, so the runner stops retrying instead of taking 3 x call_timeout.
+    _, provider = provider_for({"m": ModelBehaviour(ttft=0.01, gap=0.1, tokens_per_delta=1)},
+                               call_timeout=0.8, retries=2)
+    started = time.perf_counter()
+    failure = _failure(provider.measure("m", PROFILE))
+    assert time.perf_counter() - started < 0.8 + 0.5
+    assert failure.error_kind == "timeout"
+    assert failure.attempts == 1
+
+
 def test_corrupt_event_is_a_transient_failure(provider_for):
     _, provider = provider_for({"m": ModelBehaviour(ttft=0.01, gap=0.002,
                                                     corrupt_after_deltas=2)}, retries=0)
