@@ -5,7 +5,9 @@ default 2), GUNICORN_THREADS (threads a worker, default 4), GUNICORN_TIMEOUT (de
 """
 
 import os
+import shutil
 import tempfile
+from pathlib import Path
 
 bind = os.environ.get("GUNICORN_BIND") or (
     f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT") else "127.0.0.1:8000"
@@ -49,8 +51,24 @@ logconfig_dict = {
 }
 
 # Prometheus needs one shared directory for all workers' samples, made before they fork.
+# One we make is ours to remove at exit; one we are given is emptied at start, since
+# samples left by an earlier run would be added to this run's counts.
+_OWN_METRICS_DIR = None
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bench-ingest-metrics-")
+    _OWN_METRICS_DIR = tempfile.mkdtemp(prefix="bench-ingest-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _OWN_METRICS_DIR
+
+
+def on_starting(server):
+    """Start the metrics from zero."""
+    for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
+        stale.unlink(missing_ok=True)
+
+
+def on_exit(server):
+    """Remove the metrics directory this configuration made."""
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(_OWN_METRICS_DIR, ignore_errors=True)
 
 
 def child_exit(server, worker):
