@@ -172,29 +172,26 @@ def require_indexes() -> None:
     handle.indexes_checked_at = time.monotonic()
 
 
-def unavailable(exc: Exception) -> ApiError:
-    """The 503 a client sees when the database failed or timed out; logged and counted."""
-    metrics.observe_db_error()
-    log.warning("request_id=%s database unavailable: %s", g.get("request_id"), type(exc).__name__)
-    cfg = settings.current()
+def _database_unavailable() -> ApiError:
     return ApiError(
         503,
         "database_unavailable",
         "The database is unavailable or slow; retry after the delay in Retry-After.",
-        headers={"Retry-After": str(cfg.retry_after_seconds)},
+        headers={"Retry-After": str(settings.current().retry_after_seconds)},
     )
+
+
+def unavailable(exc: Exception) -> ApiError:
+    """The 503 a client sees when the database failed or timed out; logged and counted."""
+    metrics.observe_db_error()
+    log.warning("request_id=%s database unavailable: %s", g.get("request_id"), type(exc).__name__)
+    return _database_unavailable()
 
 
 def refused() -> ApiError:
     """The 503 answered at once while the circuit is open: no database call, counted, not logged."""
     metrics.observe_db_refused()
-    cfg = settings.current()
-    return ApiError(
-        503,
-        "database_unavailable",
-        "The database is unavailable or slow; retry after the delay in Retry-After.",
-        headers={"Retry-After": str(cfg.retry_after_seconds)},
-    )
+    return _database_unavailable()
 
 
 def is_outage(exc: BaseException) -> bool:
