@@ -108,11 +108,11 @@ class Settings:
             out.append(f"no models (use --models or set {ENV_MODELS})")
         if need_delivery:
             if not self.ingest_url:
-                out.append(f"{ENV_INGEST_URL} is not set")
+                out.append(f"{ENV_INGEST_URL} is not set (the ingest API's POST /ingest URL)")
             elif not self.ingest_url.startswith(("http://", "https://")):
                 out.append(f"{ENV_INGEST_URL} must start with http:// or https://")
             if not self.api_key:
-                out.append(f"{ENV_API_KEY} is not set")
+                out.append(f"{ENV_API_KEY} is not set (this runner's key, from INGEST_API_KEYS)")
             elif not self.api_key.isascii() or any(c.isspace() for c in self.api_key):
                 out.append(f"{ENV_API_KEY} must be printable ASCII without spaces")
         if self.concurrency < 1:
@@ -134,7 +134,12 @@ class Settings:
         """Raise ConfigError with one line naming every problem, or return."""
         problems = self.problems(need_models=need_models, need_delivery=need_delivery)
         if problems:
-            raise ConfigError("configuration: " + "; ".join(problems))
+            line = "configuration: " + "; ".join(problems)
+            if any("is not set" in p or "no models" in p for p in problems):
+                # Where to fix it: the shell, or the unit's EnvironmentFile.
+                line += (". Set them in the environment (under systemd: "
+                         "/etc/bench-runner/runner.env).")
+            raise ConfigError(line)
 
 
 def load(

@@ -225,7 +225,8 @@ def test_as_a_process_a_clean_run_exits_0_and_a_config_error_exits_2(env, sim,
     no_key = {k: v for k, v in {**env, **sim.env}.items() if k != "INGEST_API_KEY"}
     bad = run_cli(["once"], no_key)
     assert bad.returncode == ExitCode.CONFIG
-    assert bad.stderr.strip() == "Error: configuration: INGEST_API_KEY is not set"
+    assert bad.stderr.strip().startswith("Error: configuration: INGEST_API_KEY is not set")
+    assert len(bad.stderr.strip().splitlines()) == 1
     assert len(scripted_ingest.stored) == 1
 
 
