@@ -126,11 +126,13 @@ class Misc(fields.Dict):
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> dict[str, Any]:
         loaded = super()._deserialize(value, attr, data, **kwargs)
+        # Depth first, without recursion: the parser lets through nesting hundreds deep, which
+        # would exhaust the stack of anything recursive below (json.dumps, _bad_keys): a 500.
+        if _deeper_than(loaded, MAX_MISC_DEPTH):
+            raise ValidationError(f"Is nested deeper than {MAX_MISC_DEPTH} levels.")
         size = len(json.dumps(loaded, separators=(",", ":"), ensure_ascii=False).encode())
         if size > contract.MAX_MISC_BYTES:
             raise ValidationError(f"Is {size} bytes; the limit is {contract.MAX_MISC_BYTES}.")
-        if _depth(loaded) > MAX_MISC_DEPTH:
-            raise ValidationError(f"Is nested deeper than {MAX_MISC_DEPTH} levels.")
         bad = _bad_keys(loaded)
         if bad:
             raise ValidationError(
@@ -139,12 +141,16 @@ class Misc(fields.Dict):
         return loaded
 
 
-def _depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth + 1 > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _bad_keys(value: Any, path: str = "") -> list[str]:

@@ -263,3 +263,20 @@ def test_no_odd_value_in_any_field_ever_causes_a_500(client, auth_headers, mongo
             assert answer.status_code in (200, 201, 422), (name, value, answer.get_json())
             seen.add(answer.status_code)
     assert seen == {201, 422}
+
+
+@pytest.mark.parametrize("depth", [17, 500, 900])
+def test_deeply_nested_misc_is_refused_with_422_never_500(client, auth_headers, mongo_db, depth):
+    misc = '{"deep": ' + "[" * depth + "]" * depth + "}"
+    result = valid_body()[:-1] + ', "misc": ' + misc + "}"
+    failure = json.dumps(failure_payload())[:-1] + ', "misc": ' + misc + "}"
+    answer = post_raw(client, auth_headers, result.encode())
+    assert answer.status_code == 422, answer.get_json()
+    assert set(answer.get_json()["error"]["details"]["fields"]) == {"misc"}
+    answer = post_raw(client, auth_headers, failure.encode(), route="/ingest/error")
+    assert answer.status_code == 422, answer.get_json()
+    batch = post_raw(client, auth_headers, ('{"results": [' + result + "]}").encode(),
+                     route="/ingest/batch")
+    assert batch.status_code == 200, batch.get_json()
+    assert [item["status"] for item in batch.get_json()["results"]] == ["rejected"]
+    assert_nothing_stored(mongo_db)
