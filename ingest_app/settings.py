@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from flask import current_app
+from pymongo import uri_parser
+from pymongo.errors import PyMongoError
 
 import bench_contract as contract
 
@@ -62,6 +64,8 @@ class Settings:
             problems.append("MONGODB_URI is missing (e.g. mongodb://db-host:27017/)")
         elif not uri.startswith(("mongodb://", "mongodb+srv://")):
             problems.append("MONGODB_URI must start with mongodb:// or mongodb+srv://")
+        elif (reason := _uri_problem(uri)) is not None:
+            problems.append(f"MONGODB_URI is not a valid connection string: {reason}")
 
         names = {}
         for var, default in (
@@ -151,6 +155,23 @@ def _parse_keys(
     if bad:
         problems.append(f"{var}: " + ", ".join(bad))
     return tuple(pairs)
+
+
+def _uri_problem(uri: str) -> str | None:
+    """Why pymongo would refuse the URI, with no part of its credentials; None if it parses."""
+    if uri.startswith("mongodb+srv://"):
+        # Parsing an SRV URI asks DNS, which must not decide whether the app boots.
+        return None
+    try:
+        uri_parser.parse_uri(uri)
+    except (PyMongoError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        userinfo = uri.partition("://")[2].rpartition("@")[0]
+        for secret in (userinfo, userinfo.partition(":")[2]):
+            if secret:
+                reason = reason.replace(secret, "***")
+        return reason
+    return None
 
 
 def _parse_bool(env: Mapping[str, str], var: str, problems: list[str]) -> bool:

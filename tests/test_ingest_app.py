@@ -109,3 +109,17 @@ def test_a_key_sent_as_request_id_is_never_echoed(client):
     answer = client.get("/nope", headers={"X-Request-Id": key})
     assert key not in answer.headers["X-Request-Id"]
     assert key not in answer.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("uri", [
+    "mongodb://ingest:pw-secret@db.example:notaport/",
+    "mongodb://ingest:pw-secret@/",
+    "mongodb://ingest:pw@secret@db.example/",
+])
+def test_a_malformed_mongodb_uri_fails_at_start_without_echoing_it(uri):
+    # Accepted at start, it answered 500 on every request, /ready included, until fixed.
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({**GOOD_ENV, "MONGODB_URI": uri})
+    message = str(caught.value)
+    assert "MONGODB_URI" in message and "\n" not in message
+    assert "secret" not in message and "pw" not in message
