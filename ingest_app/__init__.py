@@ -9,7 +9,7 @@ from .settings import EXTENSION, Settings
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app; with no settings, read them from the environment (and fail loudly)."""
-    from . import api, db, errors, limiter, metrics, read
+    from . import api, auth, db, errors, limiter, metrics, read
 
     app = Flask(__name__)
     app.extensions[EXTENSION] = settings if settings is not None else Settings.from_env()
@@ -18,6 +18,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     db.init_app(app)
     limiter.init_app(app)
     errors.init_app(app)
+    # After errors.init_app: a refusal must already carry the request id.
+    auth.init_app(app)
     api.init_app(app)
     metrics.init_app(app)
     read.init_app(app)

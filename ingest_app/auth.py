@@ -9,7 +9,7 @@ import hmac
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import g, request
+from flask import Flask, g, request
 
 from . import settings
 from .errors import ApiError
@@ -61,9 +61,19 @@ def _match(presented: bytes, keys: tuple[tuple[str, str], ...]) -> str | None:
     return found
 
 
+def _key_in_query() -> bool:
+    return any(name.lower() in QUERY_KEY_PARAMS for name in request.args)
+
+
+def refuse_query_keys() -> None:
+    """Refuse (401) a key in the query string on every route, open ones and unknown paths too."""
+    if _key_in_query():
+        raise _refuse(allow_basic=request.endpoint == "read.status_page")
+
+
 def authenticate(*, allow_read: bool = False, allow_basic: bool = False) -> str:
     """The name of the key this request carries, or a 401 ApiError (same body for every failure)."""
-    if any(name.lower() in QUERY_KEY_PARAMS for name in request.args):
+    if _key_in_query():
         raise _refuse(allow_basic=allow_basic)
     presented = _presented(allow_basic)
     if presented is None:
@@ -75,6 +85,11 @@ def authenticate(*, allow_read: bool = False, allow_basic: bool = False) -> str:
         raise _refuse(allow_basic=allow_basic)
     g.runner_id = name
     return name
+
+
+def init_app(app: Flask) -> None:
+    """Check every request's query string for a key before any route runs."""
+    app.before_request(refuse_query_keys)
 
 
 def require_key(view: F) -> F:

@@ -127,3 +127,12 @@ def test_no_key_reaches_gunicorns_log_and_odd_keys_never_500(mongo_uri, mongo_db
         log = server.log()
     assert "/ingest" in log  # the access log is there...
     assert KEY_A not in log  # ...without the key that was in the query string
+
+
+@pytest.mark.parametrize("path", ["/health", "/ready", "/openapi.json", "/no-such-route",
+                                  "/static/status.css", "/metrics"])
+def test_key_in_the_query_string_is_refused_on_every_route(client, path):
+    baseline = refusal(client.post("/ingest", json=result_payload()))
+    answer = client.get(f"{path}?api_key={KEY_A}")
+    assert refusal(answer) == baseline
+    assert KEY_A not in answer.get_data(as_text=True)
