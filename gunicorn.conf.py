@@ -4,7 +4,9 @@ Environment: PORT or GUNICORN_BIND (default 127.0.0.1:8000), WEB_CONCURRENCY (wo
 default 2), GUNICORN_THREADS (threads a worker, default 4), GUNICORN_TIMEOUT (default 30).
 """
 
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,17 +32,42 @@ errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # The path only (%(U)s), never the query string: a key pasted there must not reach a log.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s'
+
+
+class RedactRequestText(logging.Filter):
+    """Keep a key out of gunicorn's own error lines, which quote what the client sent.
+
+    A request line or header gunicorn cannot parse is logged whole (repr-quoted), so a key
+    in the query string or in a header line without a colon reached the log; so did the
+    query string of a request whose handling failed. The event stays, the text goes.
+    """
+
+    _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"')
+    _QUERY = re.compile(r"\?\S*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite a gunicorn.error line without the client's text; never drop the line."""
+        if record.name == "gunicorn.error":
+            message = record.getMessage()
+            if message.startswith("Invalid request from ip="):
+                message = self._QUOTED.sub("'[redacted]'", message)
+            record.msg, record.args = self._QUERY.sub("?[redacted]", message), ()
+        return True
+
+
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "line": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"},
     },
+    "filters": {"redact": {"()": RedactRequestText}},
     "handlers": {
         "stdout": {
             "class": "logging.StreamHandler",
             "formatter": "line",
             "stream": "ext://sys.stdout",
+            "filters": ["redact"],
         },
     },
     "root": {"level": "INFO", "handlers": ["stdout"]},
