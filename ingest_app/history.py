@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,22 +32,38 @@ class Position:
     run_ts: datetime
     oid: ObjectId
 
-    def encode(self) -> str:
-        """The opaque cursor a client passes back to get the next page."""
+    def encode(self, secret: bytes) -> str:
+        """The opaque cursor a client passes back to get the next page, signed with `secret`."""
         millis = int(self.run_ts.timestamp() * 1000)
         raw = f"{millis}:{self.oid}".encode("ascii")
-        return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+        return f"{_b64(raw)}.{_b64(_sign(raw, secret))}"
 
     @classmethod
-    def decode(cls, text: str) -> Position:
-        """Read a cursor made by encode(); raise CursorError for anything else."""
+    def decode(cls, text: str, secret: bytes) -> Position:
+        """Read a cursor made by encode() with `secret`; raise CursorError for anything else."""
         try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
-            millis, _, oid = raw.partition(":")
+            body, _, signature = text.partition(".")
+            raw = _unb64(body)
+            # Only a position this service handed out is followed: a made-up one is refused.
+            if not hmac.compare_digest(_unb64(signature), _sign(raw, secret)):
+                raise CursorError("cursor is not one this service handed out")
+            millis, _, oid = raw.decode("ascii").partition(":")
             return cls(datetime.fromtimestamp(int(millis) / 1000, tz=UTC), ObjectId(oid))
-        except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError, OSError,
+        except (binascii.Error, UnicodeError, ValueError, OverflowError, OSError,
                 InvalidId, TypeError) as exc:
             raise CursorError("cursor is not one this service handed out") from exc
+
+
+def _sign(raw: bytes, secret: bytes) -> bytes:
+    return hmac.new(secret, raw, hashlib.sha256).digest()[:16]
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text.encode("ascii") + b"=" * (-len(text) % 4))
 
 
 def _order(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -86,6 +87,14 @@ def _limit(problems: dict[str, str]) -> int:
     return int(raw)
 
 
+def _cursor_secret() -> bytes:
+    # Every worker derives the same secret from the keys it holds, so any worker reads a
+    # cursor another handed out; a key rotation ends the walks in progress (422: start over).
+    cfg = settings.current()
+    keys = sorted(key for _, key in cfg.api_keys + cfg.read_keys)
+    return hashlib.sha256("\0".join(["bench-ingest results cursor", *keys]).encode()).digest()
+
+
 @bp.get("/results")
 def results() -> ResponseReturnValue:
     """Stored results newest first, filtered, a page at a time."""
@@ -106,7 +115,7 @@ def results() -> ResponseReturnValue:
     after = None
     if (cursor := request.args.get("cursor")) is not None:
         try:
-            after = Position.decode(cursor)
+            after = Position.decode(cursor, _cursor_secret())
         except CursorError as exc:
             problems["cursor"] = str(exc)
     if problems:
@@ -116,7 +125,7 @@ def results() -> ResponseReturnValue:
                                       after=after, limit=limit)
     return _private(jsonify({
         "results": [to_json(doc) for doc in docs],
-        "next": position.encode() if position else None,
+        "next": position.encode(_cursor_secret()) if position else None,
     }))
 
 

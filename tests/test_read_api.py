@@ -257,3 +257,21 @@ def test_summary_answers_503_with_retry_after_when_the_database_is_down(killable
                 assert response.get_json()["error"]["code"] == "database_unavailable"
     finally:
         app.extensions["bench_ingest.db"].close()
+
+
+def test_a_forged_or_altered_cursor_is_refused_with_422(client, mongo_db):
+    now = _now()
+    docs = [result_doc("m", now - timedelta(seconds=i)) for i in range(6)]
+    seed(mongo_db, results=docs)
+    _, body = _get(client, "/results", limit="2")
+    genuine = body["next"]
+    assert _get(client, "/results", limit="2", cursor=genuine)[0].status_code == 200
+    # A cursor made up from a timestamp and an ObjectId of the client's choosing.
+    oid = mongo_db["metrics_cloud_v2"].find_one({"result_id": docs[0]["result_id"]})["_id"]
+    millis = int((now + timedelta(days=1)).timestamp() * 1000)
+    forged = base64.urlsafe_b64encode(f"{millis}:{oid}".encode()).decode().rstrip("=")
+    flipped = genuine[:-1] + ("A" if genuine[-1] != "A" else "B")
+    for cursor in (forged, flipped, genuine + "x", "." + genuine):
+        response, answer = _get(client, "/results", limit="2", cursor=cursor)
+        assert response.status_code == 422, cursor
+        assert "cursor" in answer["error"]["details"]["fields"]
