@@ -366,8 +366,10 @@ class SummarySchema(Schema):
 
 _ID_LIKE = re.compile(
     r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # UUIDs
-    r"|\b(?=[a-z0-9]*\d)[a-z0-9]{12,}\b"  # long tokens holding digits: request ids, hashes
-    r"|\d+(\.\d+)?",  # any other number
+    # Any run of letters and digits that holds a digit: a number, or an id of any length
+    # (short hex like c4f2 or 0x7fa3, trace-id parts, the 1a2b3c of req_1a2b3c), where
+    # stripping only its digits would leave letters that differ from one call to the next.
+    r"|(?<![a-z0-9])(?=[a-z0-9]*\d)[a-z0-9]+(?![a-z0-9])",
     re.IGNORECASE,
 )
 

@@ -244,3 +244,15 @@ def test_stored_duplicates_that_block_the_unique_index_hold_writes_with_503(clie
     assert answer.status_code == 503
     assert answer.headers["Retry-After"]
     assert mongo_db["metrics_cloud_v2"].count_documents({}) == 2
+
+
+@pytest.mark.parametrize(("one", "other"), [
+    ("Timed out, trace 1-5f8a2b3c-4d5e6f7a8b9c0d1e2f3a4b5c",
+     "Timed out, trace 1-6e0d1c2b-9a8b7c6d5e4f3a2b1c0d9e8f"),
+    ("Throttled (request req_1a2b3c, retry in 3s)", "Throttled (request req_9f8e7d, retry in 12s)"),
+    ("Stream ended at chunk 0x7fa3 of call c4f2", "Stream ended at chunk 0x1b2e of call a9d1"),
+])
+def test_fingerprint_is_shared_by_messages_that_differ_only_in_ids_and_numbers(one, other):
+    base = failure_payload()
+    assert fingerprint({**base, "message": one}) == fingerprint({**base, "message": other})
+    assert fingerprint({**base, "message": one}) != fingerprint({**base, "message": "Other"})
