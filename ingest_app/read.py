@@ -23,7 +23,14 @@ from .history import (
     rfc3339,
     to_json,
 )
-from .summary import DEFAULT_WINDOW, ModelSummary, Summary, WindowError, summarize
+from .summary import (
+    DEFAULT_WINDOW,
+    ModelSummary,
+    Summary,
+    WindowError,
+    parse_window,
+    summarize,
+)
 
 bp = Blueprint("read", __name__)
 
@@ -71,10 +78,13 @@ def _timestamp(name: str, problems: dict[str, str]) -> datetime | None:
         value = datetime.fromisoformat(text)
     except ValueError:
         value = None
-    if value is None or value.tzinfo is None or "T" not in text.upper():
-        problems[name] = "must be an RFC 3339 timestamp with a timezone, like 2026-03-10T12:00:00Z"
-        return None
-    return value.astimezone(UTC)
+    if value is not None and value.tzinfo is not None and "T" in text.upper():
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # an offset that carries it past year 1 or 9999: a 500 before
+            pass
+    problems[name] = "must be an RFC 3339 timestamp with a timezone, like 2026-03-10T12:00:00Z"
+    return None
 
 
 def _limit(problems: dict[str, str]) -> int:
@@ -131,10 +141,12 @@ def results() -> ResponseReturnValue:
 
 def _summary(window: str) -> Summary:
     try:
-        with db.bounded():
-            return summarize(db.results(), db.errors(), window)
+        # Judged before the database is asked: a bad window is a 422 even during an outage.
+        parse_window(window)
     except WindowError as exc:
         raise _invalid({"window": str(exc)}) from exc
+    with db.bounded():
+        return summarize(db.results(), db.errors(), window)
 
 
 def _model_json(row: ModelSummary) -> dict[str, Any]:

@@ -25,7 +25,7 @@ DEFAULT_WINDOW = "24h"
 MAX_WINDOW = timedelta(days=31)
 SERIES_BUCKETS = 60
 
-_WINDOW_RE = re.compile(r"^([1-9][0-9]{0,4})([mhd])$")
+_WINDOW_RE = re.compile(r"([1-9][0-9]{0,4})([mhd])")
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
 
 # The outcome of a model's latest record when it was a stored result.
@@ -88,7 +88,7 @@ class Summary:
 
 def parse_window(text: str) -> timedelta:
     """Turn '1h', '24h', '7d' or '30m' into a timedelta; raise WindowError otherwise."""
-    match = _WINDOW_RE.match(text or "")
+    match = _WINDOW_RE.fullmatch(text or "")
     if not match:
         raise WindowError("window must be a whole number and a unit m, h or d, like 1h, 24h or 7d")
     span = timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])

@@ -101,6 +101,8 @@ def test_an_unencoded_plus_in_the_offset_is_still_read_as_a_timezone(client, mon
     ({"since": "2026-03-10T12:00:00"}, "since"),
     ({"since": "2026-03-10"}, "since"),
     ({"until": "yesterday"}, "until"),
+    ({"since": "9999-12-31T23:59:59-23:59"}, "since"),
+    ({"until": "0001-01-01T00:00:00+23:59"}, "until"),
     ({"since": "2026-03-10T12:00:00Z", "until": "2026-03-10T11:00:00Z"}, "until"),
     ({"limit": "0"}, "limit"),
     ({"limit": "1001"}, "limit"),
@@ -198,7 +200,7 @@ def test_summary_has_one_row_per_model_with_the_window_figures(client, mongo_db)
     assert wide["window"] == "7d"
 
 
-@pytest.mark.parametrize("window", ["24", "0h", "1y", "400d", "abc"])
+@pytest.mark.parametrize("window", ["24", "0h", "1y", "400d", "abc", "24h\n"])
 def test_summary_refuses_a_bad_window_with_422(client, window):
     response, body = _get(client, "/summary", window=window)
     assert response.status_code == 422
@@ -275,3 +277,22 @@ def test_a_forged_or_altered_cursor_is_refused_with_422(client, mongo_db):
         response, answer = _get(client, "/results", limit="2", cursor=cursor)
         assert response.status_code == 422, cursor
         assert "cursor" in answer["error"]["details"]["fields"]
+
+
+@pytest.mark.kills_database
+def test_a_bad_window_is_a_422_even_while_the_database_is_down(killable_mongo):
+    settings = Settings(mongodb_uri=killable_mongo.uri, mongodb_db="down",
+                        api_keys=tuple(TEST_KEYS.items()), db_timeout_seconds=0.5,
+                        connect_timeout_ms=500)
+    killable_mongo.stop()
+    app = create_app(settings)
+    headers = {"X-API-Key": TEST_KEYS["runner-a"]}
+    try:
+        with app.test_client() as client:
+            assert client.get("/summary", headers=headers).status_code == 503
+            # The client's mistake is told at once, not hidden behind "retry later".
+            response = client.get("/summary", query_string={"window": "1y"}, headers=headers)
+            assert response.status_code == 422
+            assert "window" in response.get_json()["error"]["details"]["fields"]
+    finally:
+        app.extensions["bench_ingest.db"].close()
