@@ -75,9 +75,10 @@ def _assign_request_id() -> None:
 
 
 def _is_a_key(text: str) -> bool:
-    # The id is logged and echoed: a client that put its key there must not see it logged.
+    # The id is logged and echoed: a client that put its key there (alone or with a prefix)
+    # must not see it logged.
     cfg = settings.current()
-    return any(text == key for _, key in cfg.api_keys + cfg.read_keys)
+    return any(key in text for _, key in cfg.api_keys + cfg.read_keys)
 
 
 def _send_request_id(response: Response) -> Response:

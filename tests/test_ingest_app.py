@@ -123,3 +123,11 @@ def test_a_malformed_mongodb_uri_fails_at_start_without_echoing_it(uri):
     message = str(caught.value)
     assert "MONGODB_URI" in message and "\n" not in message
     assert "secret" not in message and "pw" not in message
+
+
+def test_a_request_id_that_holds_a_key_is_never_echoed(client):
+    # A request id is echoed and written to the access log: none may carry a key inside it.
+    key = TEST_KEYS["runner-a"]
+    answer = client.get("/nope", headers={"X-Request-Id": f"run-{key}"})
+    assert key not in answer.headers["X-Request-Id"]
+    assert key not in answer.get_data(as_text=True)
