@@ -51,7 +51,8 @@ class RedactRequestText(logging.Filter):
             message = record.getMessage()
             if message.startswith("Invalid request from ip="):
                 message = self._QUOTED.sub("'[redacted]'", message)
-            record.msg, record.args = self._QUERY.sub("?[redacted]", message), ()
+            if message.startswith(("Invalid request from ip=", "Error handling request")):
+                record.msg, record.args = self._QUERY.sub("?[redacted]", message), ()
         return True
 
 
