@@ -16,10 +16,12 @@ from flask import Flask, Response, current_app, g
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import (
+    BulkWriteError,
     ConnectionFailure,
     ExecutionTimeout,
     OperationFailure,
     PyMongoError,
+    WriteConcernError,
     WTimeoutError,
 )
 
@@ -194,9 +196,24 @@ def refused() -> ApiError:
     return _database_unavailable()
 
 
+# The database refused us, not the payload: our credentials or role (18
+# AuthenticationFailed, 13 Unauthorized). Like an outage, the runner should keep
+# the record and try again, never dead-letter it as a bug.
+_REFUSAL_CODES = frozenset({13, 18})
+
+
 def is_outage(exc: BaseException) -> bool:
-    """True when a database error means "unreachable or too slow" rather than a bug."""
-    if isinstance(exc, ConnectionFailure | ExecutionTimeout | WTimeoutError):
+    """True when a database error means "unreachable, too slow or refusing us" rather than a bug.
+
+    A write-concern failure (the write was not confirmed by the replicas asked
+    for) is one too: the write may or may not survive, so the client resends and
+    the unique index turns the resend into a duplicate.
+    """
+    if isinstance(exc, ConnectionFailure | ExecutionTimeout | WTimeoutError | WriteConcernError):
+        return True
+    if isinstance(exc, BulkWriteError):
+        return bool((exc.details or {}).get("writeConcernErrors"))
+    if isinstance(exc, OperationFailure) and exc.code in _REFUSAL_CODES:
         return True
     return isinstance(exc, PyMongoError) and bool(getattr(exc, "timeout", False))
 
