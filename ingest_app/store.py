@@ -49,6 +49,17 @@ def canonical(document: dict[str, Any], fields: Iterable[str]) -> dict[str, Any]
     return {name: document[name] for name in fields if document.get(name) is not None}
 
 
+def same(a: Any, b: Any) -> bool:
+    """Equal as JSON values: Python's True == 1 would let `true` pass for `1` in misc."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
 def _judge(new: dict[str, Any], stored: dict[str, Any] | None, id_field: str,
            fields: Sequence[str]) -> Outcome:
     record_id = new[id_field]
@@ -57,9 +68,9 @@ def _judge(new: dict[str, Any], stored: dict[str, Any] | None, id_field: str,
         raise ApiError(503, "database_unavailable", "The write raced a deletion; retry.",
                        headers={"Retry-After": "1"})
     mine, theirs = canonical(new, fields), canonical(stored, fields)
-    if mine == theirs:
+    differing = sorted(k for k in set(mine) | set(theirs) if not same(mine.get(k), theirs.get(k)))
+    if not differing:
         return Outcome(DUPLICATE, record_id)
-    differing = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     log.info("conflict on %s=%s fields=%s", id_field, record_id, ",".join(differing))
     return Outcome(CONFLICT, record_id, tuple(differing))
 

@@ -75,6 +75,20 @@ def test_same_id_different_content_is_a_conflict_and_leaves_the_stored_document(
     assert mongo_db["metrics_cloud_v2"].count_documents({}) == 1
 
 
+def test_true_in_place_of_1_in_misc_is_a_conflict_not_a_duplicate(client, auth_headers,
+                                                                    mongo_db):
+    payload = result_payload(misc={"cache_hit": 1, "tags": [0, {"warm": 1}]})
+    assert client.post("/ingest", json=payload, headers=auth_headers).status_code == 201
+    resend = client.post("/ingest", json=payload, headers=auth_headers)
+    assert resend.status_code == 200
+    changed = {**payload, "misc": {"cache_hit": 1, "tags": [0, {"warm": True}]}}
+    answer = client.post("/ingest", json=changed, headers=auth_headers)
+    assert answer.status_code == 409
+    assert answer.get_json()["error"]["details"]["differing_fields"] == ["misc"]
+    stored = mongo_db["metrics_cloud_v2"].find_one({"result_id": payload["result_id"]})
+    assert stored["misc"]["tags"][1]["warm"] == 1 and stored["misc"]["tags"][1]["warm"] is not True
+
+
 def test_failure_is_stored_with_a_fingerprint_shared_by_repeats(client, auth_headers, mongo_db):
     first = failure_payload(message="Throttled request 1f2e3d4c5b6a7f8e9d0c after 3 tries")
     second = failure_payload(message="Throttled request 0a9b8c7d6e5f4a3b2c1d after 4 tries")
