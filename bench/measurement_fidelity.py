@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,10 +26,13 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from runner.records import Profile, Result
-from runner.simulator import ModelBehaviour, SimulatorConfig
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from runner.records import Profile, Result  # noqa: E402
+from runner.simulator import ModelBehaviour, SimulatorConfig  # noqa: E402
+from tests.support.mongo import free_port, wait_for_port  # noqa: E402
+
 PROFILE = Profile(max_tokens=64)
 MODELS = {
     "sim.fid-a": ModelBehaviour(ttft=0.10, gap=0.010, tokens_per_delta=1, output_tokens=48),
@@ -42,21 +44,6 @@ MODELS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(port: int) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"the simulator did not start on port {port}")
 
 
 def _errors(config: SimulatorConfig, results: list[tuple[str, Result]],
@@ -108,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = SimulatorConfig(models=MODELS)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sim.json"
@@ -116,7 +103,7 @@ def main() -> None:
         sim = subprocess.Popen([sys.executable, "-m", "runner.simulator", str(port), str(path)],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            _wait_for(port)
+            wait_for_port("127.0.0.1", port)
             for name in [n for n in os.environ if n.startswith("AWS_")]:
                 del os.environ[name]
             os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from runner.ingest_client import IngestClient  # noqa: E402
 from runner.outbox import Outbox  # noqa: E402
 from runner.provider import get_provider  # noqa: E402
 from runner.settings import Settings  # noqa: E402
+from tests.support.mongo import free_port, wait_for_port  # noqa: E402
 
 # One simulated model: 0.3 s to the first token, 16 deltas of 4 tokens 20 ms apart.
 MODEL = {"ttft": 0.3, "gap": 0.02, "tokens_per_delta": 4, "output_tokens": 64}
@@ -59,22 +59,6 @@ class _Ingest(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int) -> None:
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def time_cycle(models: tuple[str, ...], concurrency: int, ingest_url: str, work: Path) -> float:
@@ -123,7 +107,7 @@ def main() -> None:
         work = Path(tmp)
         config = work / "sim.json"
         config.write_text(json.dumps({"models": {m: MODEL for m in models}}))
-        port = _free_port()
+        port = free_port()
         sim = subprocess.Popen([sys.executable, "-m", "runner.simulator", str(port),
                                 str(config)], cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -142,7 +126,7 @@ def main() -> None:
         })
         ingest_url = f"http://127.0.0.1:{ingest.server_address[1]}/ingest"
         try:
-            _wait_for_port(port)
+            wait_for_port("127.0.0.1", port)
             times: dict[int, list[float]] = {1: [], 4: []}
             for _ in range(args.repeat):
                 for concurrency in (1, 4):  # interleaved, so drift hits both alike

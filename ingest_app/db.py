@@ -174,7 +174,8 @@ def require_indexes() -> None:
     handle.indexes_checked_at = time.monotonic()
 
 
-def _database_unavailable() -> ApiError:
+def database_unavailable() -> ApiError:
+    """The 503 every database trouble answers, with the configured Retry-After."""
     return ApiError(
         503,
         "database_unavailable",
@@ -187,13 +188,13 @@ def unavailable(exc: Exception) -> ApiError:
     """The 503 a client sees when the database failed or timed out; logged and counted."""
     metrics.observe_db_error()
     log.warning("request_id=%s database unavailable: %s", g.get("request_id"), type(exc).__name__)
-    return _database_unavailable()
+    return database_unavailable()
 
 
 def refused() -> ApiError:
     """The 503 answered at once while the circuit is open: no database call, counted, not logged."""
     metrics.observe_db_refused()
-    return _database_unavailable()
+    return database_unavailable()
 
 
 # The database refused us, not the payload: our credentials or role (18

@@ -20,11 +20,10 @@ from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validat
 import bench_contract as contract
 
 from .history import DEFAULT_LIMIT, MAX_LIMIT
+from .jsonbody import INT64_MAX, INT64_MIN
 from .read import MAX_FILTER_CHARS
 from .summary import DEFAULT_WINDOW
 
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
 # MongoDB refuses documents nested 100 deep; misc stays far from that.
 MAX_MISC_DEPTH = 16
 

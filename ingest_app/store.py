@@ -18,7 +18,6 @@ from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from . import db, metrics
-from .errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +64,7 @@ def _judge(new: dict[str, Any], stored: dict[str, Any] | None, id_field: str,
     record_id = new[id_field]
     if stored is None:
         # Only possible if the stored document was deleted between insert and read.
-        raise ApiError(503, "database_unavailable", "The write raced a deletion; retry.",
-                       headers={"Retry-After": "1"})
+        raise db.database_unavailable()
     mine, theirs = canonical(new, fields), canonical(stored, fields)
     differing = sorted(k for k in set(mine) | set(theirs) if not same(mine.get(k), theirs.get(k)))
     if not differing:

@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 # across drains, then dead-letters it.
 INLINE_RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # Answers that never change on a resend (CONTRACT section 2).
-PERMANENT_STATUSES = frozenset({400, 401, 409, 413, 415, 422})
 
 
 class BodyTooLarge(ValueError):
@@ -191,7 +190,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def log_http(config: Settings, metrics: Result | dict[str, Any]) -> bool:
-    """Post one result straight to /ingest: True when it is stored (now or before)."""
+    """Post one result straight to /ingest, without the outbox: True when it is stored.
+
+    The seed's API, kept for scripts; `bench-runner` never delivers this way, since a
+    False here leaves the result only with the caller.
+    """
     payload = metrics.to_payload() if isinstance(metrics, Result) else metrics
     with IngestClient(config) as client:
         try:

@@ -253,13 +253,9 @@ class Outbox:
         entry = Entry(name=self._new_name(record.kind, record.record_id), kind=record.kind,
                       record_id=record.record_id, payload=payload, created_at=self.clock(),
                       next_attempt_at=self.clock())
-        try:
-            size = len(encode(payload))
-        except ValueError as exc:
-            return self._bury_new(entry, None, f"not valid JSON, never sent: {exc}")
-        if size > contract.MAX_BODY_BYTES:
-            return self._bury_new(entry, None, f"refused to send: body of {size} bytes is over "
-                                               f"the contract's {contract.MAX_BODY_BYTES}")
+        unsendable = self._unsendable(entry)
+        if unsendable:
+            return self._bury_new(entry, None, unsendable)
         target = self.pending / entry.name
         self._write_durably(target, encode(entry.to_json()))
         log.info("outbox queued kind=%s id=%s", entry.kind, entry.record_id)
@@ -291,7 +287,7 @@ class Outbox:
     def _bury_new(self, entry: Entry, status: int | None, reason: str) -> Path:
         target = self.dead / entry.name
         doc = entry.to_json()
-        self._write_durably(target, json.dumps(doc, allow_nan=True).encode("utf-8"))
+        self._write_durably(target, json.dumps(doc, allow_nan=True, default=repr).encode("utf-8"))
         self._write_reason(entry.name, status, None, reason, entry.attempts)
         log.error("outbox dead-lettered kind=%s id=%s reason=%s", entry.kind, entry.record_id,
                   reason)
@@ -317,6 +313,10 @@ class Outbox:
     def pending_count(self) -> int:
         """How many records wait in pending/."""
         return len(self._names(self.pending))
+
+    def dead_count(self) -> int:
+        """How many records lie in dead/ (without reading them)."""
+        return len(self._names(self.dead))
 
     def check_room(self, incoming: int) -> None:
         """Raise OutboxFull unless `incoming` more records fit under the bound."""
@@ -484,10 +484,10 @@ class Outbox:
         return all(self._send_batch(client, batch, report) for batch in self._batches(results))
 
     def _unsendable(self, entry: Entry) -> str | None:
-        """Why a record can never be sent (e.g. requeued after being refused at queueing)."""
+        """Why a record can never be sent (checked when queued, and when a requeued one drains)."""
         try:
             size = len(encode(entry.payload))
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:  # NaN, or a value JSON has no form for
             return f"not valid JSON, never sent: {exc}"
         if size > contract.MAX_BODY_BYTES:
             return (f"refused to send: body of {size} bytes is over the contract's "

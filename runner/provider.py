@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import bench_contract as contract
+
 from .failures import redact
 from .records import Failure, Profile, Result
 
@@ -62,7 +64,7 @@ class Provider(Protocol):
         """Release clients and connections."""
 
 
-PROVIDER_NAMES = ("bedrock",)
+PROVIDER_NAMES = contract.PROVIDERS
 
 
 def get_provider(name: str, *, region: str | None, concurrency: int = 1,

@@ -139,6 +139,7 @@ def test_the_key_never_appears_in_output(env, sim, scripted_ingest):
     scripted_ingest.script("/ingest/batch", Scripted(401, {"error": {"code": "unauthorized",
                                                                      "message": "no"}}))
     result = invoke(["once", "--log-level", "debug"], env)
+    assert result.exit_code == ExitCode.AUTH
     assert SCRIPTED_KEY not in result.output
     assert SCRIPTED_KEY not in result.stderr
 

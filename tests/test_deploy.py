@@ -8,6 +8,7 @@ files it copies, and that the package builds from exactly those files.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shlex
@@ -221,7 +222,7 @@ def filled_ingest_example() -> dict[str, str]:
 
 
 def test_ingest_example_documents_every_variable_the_app_reads():
-    settings_mod = pytest.importorskip("ingest_app.settings")
+    settings_mod = importlib.import_module("ingest_app.settings")
     example = env_file_variables(DEPLOY / "ingest.env.example")
     environ = RecordingEnviron(filled_ingest_example())
     settings = settings_mod.Settings.from_env(environ)
@@ -252,7 +253,7 @@ def test_runner_example_names_the_contract_variables_and_explains_each():
 
 
 def test_runner_example_documents_every_variable_the_runner_reads():
-    runner_settings = pytest.importorskip("runner.settings")
+    runner_settings = importlib.import_module("runner.settings")
     example = set(env_file_variables(DEPLOY / "runner.env.example"))
     read = {value for name, value in vars(runner_settings).items()
             if name.startswith("ENV_") and isinstance(value, str)}
@@ -428,8 +429,6 @@ def test_dockerfile_passes_hadolint():
 
 def test_dockerfile_serves_what_the_procfile_serves():
     procfile = REPO / "Procfile"
-    if not procfile.exists():
-        pytest.skip("no Procfile in this checkout yet")
     web = next(line for line in procfile.read_text().splitlines() if line.startswith("web:"))
     assert shlex.split(web.removeprefix("web:")) == ["gunicorn", "ingest_app:create_app()"]
 
@@ -476,7 +475,7 @@ def test_package_builds_from_exactly_the_files_the_dockerfile_copies(tmp_path):
 
 
 def test_readme_explains_every_exit_code_and_every_variable():
-    cli = pytest.importorskip("runner.cli")
+    cli = importlib.import_module("runner.cli")
     guide = (REPO / "README.md").read_text()
     section = guide.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
     documented = {int(n) for n in re.findall(r"^\| (\d+) \|", section, flags=re.MULTILINE)}

@@ -58,6 +58,14 @@ def test_put_writes_one_complete_record_file_into_pending(outbox):
     assert files(outbox.tmp) == []
 
 
+def test_a_record_json_cannot_hold_goes_to_dead_and_the_next_one_is_queued(outbox):
+    odd = make_result(misc={"tags": {"a", "b"}})
+    assert outbox.put(odd).parent == outbox.dead
+    assert outbox.put(make_result()).parent == outbox.pending
+    assert outbox.pending_count() == 1 and outbox.dead_count() == 1
+    assert "not valid JSON" in outbox.status().dead_items[0].reason
+
+
 def test_drain_sends_results_in_one_batch_oldest_first_and_deletes_them(
         outbox, client, scripted_ingest):
     results = [make_result(f"model-{i}") for i in range(5)]
@@ -146,6 +154,9 @@ def test_writer_killed_mid_write_leaves_nothing_in_pending_and_tmp_is_cleaned_ne
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
         proc.stdout.close()
     box = Outbox(settings.state_dir)
     assert files(box.pending) == []
