@@ -6,7 +6,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, render_template, request
@@ -31,6 +31,7 @@ from .summary import (
     parse_window,
     summarize,
 )
+from .timestamps import parse_rfc3339
 
 bp = Blueprint("read", __name__)
 
@@ -73,18 +74,11 @@ def _timestamp(name: str, problems: dict[str, str]) -> datetime | None:
     raw = request.args.get(name)
     if raw is None:
         return None
-    text = _UNENCODED_OFFSET.sub(r"+\1", raw.strip())
     try:
-        value = datetime.fromisoformat(text)
+        return parse_rfc3339(_UNENCODED_OFFSET.sub(r"+\1", raw.strip()))
     except ValueError:
-        value = None
-    if value is not None and value.tzinfo is not None and "T" in text.upper():
-        try:
-            return value.astimezone(UTC)
-        except OverflowError:  # an offset that carries it past year 1 or 9999: a 500 before
-            pass
-    problems[name] = "must be an RFC 3339 timestamp with a timezone, like 2026-03-10T12:00:00Z"
-    return None
+        problems[name] = "must be an RFC 3339 timestamp with a timezone, like 2026-03-10T12:00:00Z"
+        return None
 
 
 def _limit(problems: dict[str, str]) -> int:

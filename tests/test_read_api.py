@@ -103,6 +103,8 @@ def test_an_unencoded_plus_in_the_offset_is_still_read_as_a_timezone(client, mon
     ({"until": "yesterday"}, "until"),
     ({"since": "9999-12-31T23:59:59-23:59"}, "since"),
     ({"until": "0001-01-01T00:00:00+23:59"}, "until"),
+    ({"since": "20260310T120000Z"}, "since"),
+    ({"since": "2026-W10-2T12:00Z"}, "since"),
     ({"since": "2026-03-10T12:00:00Z", "until": "2026-03-10T11:00:00Z"}, "until"),
     ({"limit": "0"}, "limit"),
     ({"limit": "1001"}, "limit"),
