@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from flask import request
+from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected
 
 from .errors import ApiError
@@ -75,6 +76,16 @@ def read_body(limit: int, timeout: float) -> bytes:
                 break
             chunks.append(chunk)
             size += len(chunk)
+    except ParseException:
+        # Broken chunk framing (a size of zz or -1, a missing CRLF, a bad extension or
+        # trailer). The exception quotes the client's bytes, which may hold a key: it is
+        # neither logged nor echoed (docs/contract.md, errors).
+        raise ApiError(
+            400,
+            "malformed_body",
+            "The chunked body framing is broken; send the body again with valid chunks "
+            "or with a Content-Length.",
+        ) from None
     except (ClientDisconnected, OSError) as exc:
         # A timed-out socket read (OSError) or a peer gone before the end (ClientDisconnected).
         raise ApiError(

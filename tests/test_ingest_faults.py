@@ -309,3 +309,37 @@ def test_batch_with_the_database_down_answers_503_and_a_resend_stores_each_once(
     statuses = [item["status"] for item in again.get_json()["results"]]
     assert statuses == ["duplicate"] * 5 + ["created"] * 15
     assert count(killable_mongo.uri, mongo_db_name) == 20
+
+
+# Each breaks chunked framing differently; the last hides a key where a size belongs.
+BROKEN_CHUNKS = {
+    "size zz": b"zz\r\nabc\r\n0\r\n\r\n",
+    "size -1": b"-1\r\nabc\r\n0\r\n\r\n",
+    "missing CRLF": b"3\r\nabcXX0\r\n\r\n",
+    "bad extension": b"3;\x01bad\r\nabc\r\n0\r\n\r\n",
+    "bad trailer": b"3\r\nabc\r\n0\r\nno colon in this trailer\r\n\r\n",
+    "key as size": KEY.encode() + b"\r\nabc\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("route", ["/ingest", "/ingest/batch", "/ingest/error"])
+def test_malformed_chunked_body_answers_400_in_the_json_shape(ingest_server, route):
+    for name, body in BROKEN_CHUNKS.items():
+        sock = raw_request(ingest_server.url, request_head(route, None, chunked=True), body)
+        try:
+            answer = read_answer(sock)
+        finally:
+            sock.close()
+        head, _, text = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400"), (name, answer[:300])
+        error = json.loads(text)["error"]
+        assert error["code"] == "malformed_body", name
+        assert error["request_id"]
+    # No traceback, and the key that stood in the framing is in no log line.
+    log = ingest_server.gunicorn.log()
+    assert "Traceback" not in log
+    assert KEY not in log
+    assert ingest_server.db["metrics_cloud_v2"].count_documents({}) == 0
+    assert ingest_server.db["errors_cloud"].count_documents({}) == 0
+    # The server is still whole.
+    assert post(ingest_server.url, result_payload())[0] == 201
