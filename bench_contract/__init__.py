@@ -13,6 +13,10 @@ from __future__ import annotations
 #    mean per delta), not just one token; see README "What the numbers mean".
 METRIC_VERSION = 2
 
+# Bump when what a profile asks for, or how a sample is stamped and routed, changes
+# (docs/contract.md section 3): protocol_version on every result.
+PROTOCOL_VERSION = 1
+
 PROVIDERS = ("bedrock",)
 
 DEFAULT_PROFILE_ID = "cloud-default-v1"
@@ -29,6 +33,10 @@ MAX_MESSAGE_CHARS = 4000
 MAX_FUTURE_SECONDS = 600
 
 TOKEN_SOURCES = ("provider_usage", "stream_chunks")
+# Who may see a result: published samples reach the public collection and charts; shadow
+# (a protocol under trial) and probe (checks, diagnostics) go to the probe collection.
+PUBLISHED = "published"
+SAMPLE_ROLES = (PUBLISHED, "shadow", "probe")
 STAGES = ("setup", "call", "stream", "validate", "deliver")
 ERROR_KINDS = (
     "throttled",
@@ -68,6 +76,8 @@ RESULT_OPTIONAL = (
     "chunk_count",
     "reasoning_tokens",
     "metric_version",
+    "protocol_version",
+    "sample_role",
     "runner_version",
     "misc",
 )

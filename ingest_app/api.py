@@ -67,7 +67,7 @@ def ingest_result() -> ResponseReturnValue:
     """Store one benchmark result exactly once."""
     record = _load(RESULT_SCHEMA, _body(), "result")
     document = _stamp(record, store.now())
-    outcome = store.insert_one(db.results(), "result_id", document, contract.RESULT_FIELDS)
+    outcome = store.insert_result(document)
     return _answer("result", outcome, "result_id")
 
 
@@ -120,7 +120,7 @@ def ingest_batch() -> ResponseReturnValue:
             metrics.observe_rejection("validation_error")
     received_at = store.now()
     documents = [_stamp(record, received_at) for _, record in valid]
-    outcomes = store.insert_many(db.results(), "result_id", documents, contract.RESULT_FIELDS)
+    outcomes = store.insert_results(documents)
     counts: dict[str, int] = {}
     for (i, _), outcome in zip(valid, outcomes, strict=True):
         answers[i] = {"status": outcome.status, "result_id": outcome.record_id}

@@ -139,6 +139,11 @@ def results() -> Collection:
     return _handle().collection(settings.current().results_collection)
 
 
+def probes() -> Collection:
+    """The probe collection: results whose sample_role keeps them off the public charts."""
+    return _handle().collection(settings.current().probe_collection)
+
+
 def errors() -> Collection:
     """The failed-attempts collection."""
     return _handle().collection(settings.current().errors_collection)
@@ -148,6 +153,7 @@ def ensure_indexes(db: Database, cfg: Settings) -> None:
     """Create the contract's indexes if missing (idempotent; the unique ones give exactly-once)."""
     for collection, specs in (
         (db[cfg.results_collection], RESULT_INDEXES),
+        (db[cfg.probe_collection], RESULT_INDEXES),
         (db[cfg.errors_collection], ERROR_INDEXES),
     ):
         collection.create_indexes(
@@ -274,5 +280,6 @@ def init_app(app: Flask) -> None:
         """Create the results and errors indexes now (they are also made on first write)."""
         cfg = settings.current()
         ensure_indexes(get_db(), cfg)
-        click.echo(f"indexes present on {cfg.mongodb_db}.{cfg.results_collection} "
+        click.echo(f"indexes present on {cfg.mongodb_db}.{cfg.results_collection}, "
+                   f"{cfg.mongodb_db}.{cfg.probe_collection} "
                    f"and {cfg.mongodb_db}.{cfg.errors_collection}")

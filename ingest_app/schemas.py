@@ -201,6 +201,8 @@ class ResultSchema(StrictSchema):
     chunk_count = StrictInteger(validate=_NON_NEGATIVE)
     reasoning_tokens = StrictInteger(allow_none=True, validate=_NON_NEGATIVE)
     metric_version = StrictInteger(validate=validate.Range(min=1))
+    protocol_version = StrictInteger(validate=validate.Range(min=1))
+    sample_role = StrictString(validate=validate.OneOf(contract.SAMPLE_ROLES))
     runner_version = _text(64)
     misc = Misc()
 

@@ -38,6 +38,8 @@ class Settings:
     mongodb_db: str = "llm-bench"
     results_collection: str = "metrics_cloud_v2"
     errors_collection: str = "errors_cloud"
+    # Shadow and probe samples (sample_role other than published) are kept here, off the charts.
+    probe_collection: str = "metrics_cloud_probe"
     api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     read_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     public_read: bool = False
@@ -72,11 +74,17 @@ class Settings:
             ("MONGODB_DB", cls.mongodb_db),
             ("MONGODB_RESULTS_COLLECTION", cls.results_collection),
             ("MONGODB_ERRORS_COLLECTION", cls.errors_collection),
+            ("MONGODB_PROBE_COLLECTION", cls.probe_collection),
         ):
             value = env.get(var, "").strip() or default
             if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value) or value.startswith("."):
                 problems.append(f"{var} must be 1-64 letters, digits, '_', '-' or '.'")
             names[var] = value
+
+        collections = [names[var] for var in names if var.endswith("_COLLECTION")]
+        if len(set(collections)) < len(collections):
+            problems.append("MONGODB_RESULTS_COLLECTION, MONGODB_ERRORS_COLLECTION and "
+                            "MONGODB_PROBE_COLLECTION must name three different collections")
 
         api_keys = _parse_keys(env, "INGEST_API_KEYS", problems, required=True)
         read_keys = _parse_keys(env, "INGEST_READ_KEYS", problems, required=False)
@@ -105,6 +113,7 @@ class Settings:
             mongodb_db=names["MONGODB_DB"],
             results_collection=names["MONGODB_RESULTS_COLLECTION"],
             errors_collection=names["MONGODB_ERRORS_COLLECTION"],
+            probe_collection=names["MONGODB_PROBE_COLLECTION"],
             api_keys=api_keys,
             read_keys=read_keys,
             public_read=public_read,

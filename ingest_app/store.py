@@ -17,6 +17,8 @@ from typing import Any
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+import bench_contract as contract
+
 from . import db, metrics
 
 log = logging.getLogger(__name__)
@@ -117,3 +119,35 @@ def insert_many(collection: Collection, id_field: str, documents: Sequence[dict[
         else:
             outcomes.append(Outcome(CREATED, document[id_field]))
     return outcomes
+
+
+def route(document: dict[str, Any]) -> Collection:
+    """The collection a result belongs in: the one place that decides (docs/contract.md).
+
+    Published samples go to the results collection the charts read; shadow and
+    probe samples to the probe collection. A result without sample_role (an older
+    runner) is published, as every result was before the field existed.
+    """
+    if document.get("sample_role", contract.PUBLISHED) == contract.PUBLISHED:
+        return db.results()
+    return db.probes()
+
+
+def insert_result(document: dict[str, Any]) -> Outcome:
+    """Store one result exactly once in the collection route() names."""
+    return insert_one(route(document), "result_id", document, contract.RESULT_FIELDS)
+
+
+def insert_results(documents: Sequence[dict[str, Any]]) -> list[Outcome]:
+    """Store each result exactly once in the collection route() names; outcomes in order."""
+    groups: dict[str, tuple[Collection, list[int]]] = {}
+    for i, document in enumerate(documents):
+        target = route(document)
+        groups.setdefault(target.name, (target, []))[1].append(i)
+    outcomes: list[Outcome | None] = [None] * len(documents)
+    for target, positions in groups.values():
+        found = insert_many(target, "result_id", [documents[i] for i in positions],
+                            contract.RESULT_FIELDS)
+        for i, outcome in zip(positions, found, strict=True):
+            outcomes[i] = outcome
+    return [o for o in outcomes if o is not None]

@@ -365,6 +365,7 @@ class BedrockProvider:
             request_id=seen.request_id,
             attempts=attempts,
             chunk_count=seen.chunks,
+            sample_role=profile.sample_role,
             misc=misc or None,
         )
 

@@ -19,6 +19,8 @@ class Profile:
     max_tokens: int = contract.DEFAULT_MAX_TOKENS
     temperature: float | None = contract.DEFAULT_TEMPERATURE
     profile_id: str = contract.DEFAULT_PROFILE_ID
+    # published results reach the public collection; shadow and probe ones the probe collection.
+    sample_role: str = contract.PUBLISHED
 
 
 def _runner_version() -> str:
@@ -73,6 +75,8 @@ class Result:
     chunk_count: int | None = None
     reasoning_tokens: int | None = None
     metric_version: int = contract.METRIC_VERSION
+    protocol_version: int = contract.PROTOCOL_VERSION
+    sample_role: str = contract.PUBLISHED
     runner_version: str = field(default_factory=_runner_version)
     misc: dict[str, Any] | None = None
 
