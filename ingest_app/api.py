@@ -12,6 +12,7 @@ import bench_contract as contract
 
 from . import db, jsonbody, metrics, openapi, settings, store
 from .auth import require_key
+from .credentials import redact
 from .errors import ApiError
 from .limiter import limit_rate
 from .schemas import FAILURE_SCHEMA, RESULT_SCHEMA, fingerprint
@@ -77,6 +78,9 @@ def ingest_result() -> ResponseReturnValue:
 def ingest_error() -> ResponseReturnValue:
     """Store one failed attempt exactly once, with its fingerprint."""
     record = _load(FAILURE_SCHEMA, _body(), "error record")
+    # Stored redacted, so neither the database nor the page ever holds a quoted credential.
+    cfg = settings.current()
+    record["message"] = redact(record["message"], [k for _, k in cfg.api_keys + cfg.read_keys])
     document = {**_stamp(record, store.now()), "fingerprint": fingerprint(record)}
     outcome = store.insert_one(db.errors(), "error_id", document, contract.ERROR_FIELDS)
     return _answer("error", outcome, "error_id")

@@ -12,24 +12,29 @@ from typing import Any, TypeVar
 from flask import Flask, g, request
 
 from . import settings
+from .credentials import is_credential_param
 from .errors import ApiError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Query parameters that look like a credential: a key there ends up in proxy and access logs.
-QUERY_KEY_PARAMS = frozenset(
-    {"api_key", "apikey", "api-key", "key", "token", "access_token", "auth", "x-api-key"}
-)
 
 
 def _refuse(*, allow_basic: bool) -> ApiError:
     # One answer for every failure, so a caller learns nothing about which keys exist.
-    challenge = 'Basic realm="bench-ingest", charset="UTF-8"' if allow_basic else "Bearer"
+    if allow_basic:
+        # A browser shows its login box on this challenge; the message says what to type.
+        return ApiError(
+            401,
+            "unauthorized",
+            "This page takes HTTP Basic auth: any user name, and a read or write API key as "
+            "the password (or the key in the X-API-Key header).",
+            headers={"WWW-Authenticate": 'Basic realm="bench-ingest", charset="UTF-8"'},
+        )
     return ApiError(
         401,
         "unauthorized",
         "A valid API key is required in the X-API-Key header or as Authorization: Bearer.",
-        headers={"WWW-Authenticate": challenge},
+        headers={"WWW-Authenticate": "Bearer"},
     )
 
 
@@ -61,19 +66,20 @@ def _match(presented: bytes, keys: tuple[tuple[str, str], ...]) -> str | None:
     return found
 
 
-def _key_in_query() -> bool:
-    return any(name.lower() in QUERY_KEY_PARAMS for name in request.args)
+def key_in_query() -> bool:
+    """True when a query parameter's name says it carries a credential (docs/contract.md)."""
+    return any(is_credential_param(name) for name in request.args)
 
 
 def refuse_query_keys() -> None:
     """Refuse (401) a key in the query string on every route, open ones and unknown paths too."""
-    if _key_in_query():
+    if key_in_query():
         raise _refuse(allow_basic=request.endpoint == "read.status_page")
 
 
 def authenticate(*, allow_read: bool = False, allow_basic: bool = False) -> str:
     """The name of the key this request carries, or a 401 ApiError (same body for every failure)."""
-    if _key_in_query():
+    if key_in_query():
         raise _refuse(allow_basic=allow_basic)
     presented = _presented(allow_basic)
     if presented is None:

@@ -12,7 +12,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 
-from . import auth, db, metrics, settings
+from . import auth, credentials, db, metrics, settings
 from .errors import ApiError
 from .history import (
     DEFAULT_LIMIT,
@@ -42,8 +42,6 @@ MAX_FILTER_CHARS = 256
 
 SPARK_WIDTH, SPARK_HEIGHT, SPARK_PAD = 240, 48, 3
 
-# Credentials that must never reach the page even if a runner put one in a message.
-_AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
 # A '+' in a query string arrives as a space when the client did not percent-encode it.
 _UNENCODED_OFFSET = re.compile(r" (\d{2}:\d{2})$")
 
@@ -58,8 +56,7 @@ def _invalid(problems: dict[str, str]) -> ApiError:
 def _authorize(*, page: bool = False) -> None:
     """Let the caller read, or raise the 401; a public board skips the key."""
     # Even a public board refuses a key in the query string (authenticate answers 401).
-    if settings.current().public_read and not any(
-            name.lower() in auth.QUERY_KEY_PARAMS for name in request.args):
+    if settings.current().public_read and not auth.key_in_query():
         return
     auth.authenticate(allow_read=True, allow_basic=page)
 
@@ -203,11 +200,12 @@ def sparkline(series: Sequence[tuple[datetime, float]], since: datetime,
 
 
 def redact(message: str, secrets: Iterable[str]) -> str:
-    """The message with every configured key and AWS access key id replaced."""
-    for secret in secrets:
-        if secret:
-            message = message.replace(secret, "[redacted]")
-    return _AWS_KEY_ID.sub("[redacted]", message)
+    """The message with every configured key and credential-like text replaced.
+
+    Messages are redacted before they are stored; this second pass covers documents
+    stored before that, and keys added since.
+    """
+    return credentials.redact(message, secrets)
 
 
 def _age(ts: datetime | None, now: datetime) -> str:

@@ -55,7 +55,9 @@ def test_missing_wrong_or_read_only_key_gets_the_same_401(client, mongo_db, head
     assert mongo_db["metrics_cloud_v2"].count_documents({}) == 0
 
 
-@pytest.mark.parametrize("param", ["api_key", "key", "token", "access_token", "API_KEY"])
+@pytest.mark.parametrize("param", ["api_key", "key", "token", "access_token", "API_KEY", "k",
+                                   "secret", "password", "passwd", "auth_token", "ingest_key",
+                                   "Client_Secret", "session_token"])
 def test_key_in_the_query_string_is_refused_even_with_a_good_header(client, auth_headers,
                                                                     mongo_db, param):
     baseline = refusal(client.post("/ingest", json=result_payload()))

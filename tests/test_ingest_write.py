@@ -9,7 +9,7 @@ import pytest
 import bench_contract as contract
 from ingest_app import db
 from ingest_app.schemas import fingerprint
-from tests.support.ingest import TEST_KEYS, failure_payload, result_payload
+from tests.support.ingest import TEST_KEYS, TEST_READ_KEYS, failure_payload, result_payload
 
 
 def test_result_is_stored_with_bson_dates_runner_id_and_received_at(client, auth_headers,
@@ -270,3 +270,25 @@ def test_fingerprint_is_shared_by_messages_that_differ_only_in_ids_and_numbers(o
     base = failure_payload()
     assert fingerprint({**base, "message": one}) == fingerprint({**base, "message": other})
     assert fingerprint({**base, "message": one}) != fingerprint({**base, "message": "Other"})
+
+
+def test_credentials_in_a_failure_message_are_redacted_before_storing(client, auth_headers,
+                                                                      mongo_db):
+    secrets = [TEST_KEYS["runner-b"], TEST_READ_KEYS["dashboard"], "AKIAABCDEFGHIJKLMNOP",
+               "ASIAABCDEFGHIJKLMNOP", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"]
+    digest = "da39a3ee5e6b4b0d3255bfef95601890afd80709"
+    message = ("denied: key " + secrets[0] + ", read " + secrets[1] + ", id " + secrets[2]
+               + ", session " + secrets[3] + ", aws_secret_access_key=" + secrets[4]
+               + ", commit " + digest)
+    payload = failure_payload(message=message)
+    answer = client.post("/ingest/error", json=payload, headers=auth_headers)
+    assert answer.status_code == 201
+    stored = mongo_db["errors_cloud"].find_one({"error_id": payload["error_id"]})
+    for secret in secrets:
+        assert secret not in stored["message"]
+    assert stored["message"].startswith("denied: key [redacted]")
+    # What only looks long is kept: a hex digest is no credential.
+    assert stored["message"].endswith(f"commit {digest}")
+    # A resend of the same record is still a duplicate, not a conflict.
+    again = client.post("/ingest/error", json=payload, headers=auth_headers)
+    assert again.status_code == 200 and again.get_json()["duplicate"] is True

@@ -223,3 +223,21 @@ def test_headless_chromium_renders_both_models_and_draws_their_charts(
     page = _parse(dom.stdout)
     assert page.models == ["sim.fast-v1", "sim.retired-v1", "sim.steady-v1"]
     assert len(page.polylines) == 2 and all(len(p.split()) > 10 for p in page.polylines)
+
+
+def test_page_answers_carry_security_headers(client, mongo_db):
+    _seed_two_models(mongo_db)
+    for response in (client.get("/", headers=_basic(TEST_KEYS["runner-a"])), client.get("/")):
+        csp = response.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+    # The JSON API sends nosniff too: an error body is never sniffed into HTML.
+    assert client.get("/health").headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_401_on_the_page_says_basic_auth_with_a_key_as_password_opens_it(client):
+    error = client.get("/").get_json()["error"]
+    assert error["code"] == "unauthorized"
+    assert "Basic" in error["message"] and "password" in error["message"]
