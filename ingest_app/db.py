@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -9,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC
+from typing import Any
 
 import click
 import pymongo
@@ -38,17 +40,32 @@ INDEX_RECHECK_SECONDS = 60.0
 
 # MongoDB's default index names (result_id_1, ...), so an index someone already made by
 # hand with the same keys is recognised instead of clashing by name.
+#
+# The unique indexes are partial (docs/contract.md section 3): they hold only documents whose
+# id is a string. The collections are shared with other writers whose documents carry no
+# result_id or error_id; a plain unique index could not be built over them (every missing
+# id counts as the same null) and, once built, would refuse their second id-less insert.
+# $type is among the operators MongoDB accepts in a partial filter; it also leaves out an
+# explicit null, which $exists would index.
+RESULT_ID_FILTER = {"result_id": {"$type": "string"}}
+ERROR_ID_FILTER = {"error_id": {"$type": "string"}}
 RESULT_INDEXES = (
-    ([("result_id", 1)], {"unique": True}),
+    ([("result_id", 1)], {"unique": True, "partialFilterExpression": RESULT_ID_FILTER}),
     ([("provider", 1), ("model_name", 1), ("run_ts", -1)], {}),
     ([("run_ts", -1)], {}),
 )
 ERROR_INDEXES = (
-    ([("error_id", 1)], {"unique": True}),
+    ([("error_id", 1)], {"unique": True, "partialFilterExpression": ERROR_ID_FILTER}),
     ([("provider", 1), ("model_name", 1), ("ts", -1)], {}),
     ([("ts", -1)], {}),
     ([("fingerprint", 1), ("ts", -1)], {}),
 )
+# createIndexes refuses an index whose name or keys are taken by one with other options.
+_INDEX_CLASH_CODES = frozenset({85, 86})  # IndexOptionsConflict, IndexKeySpecsConflict
+
+
+class IndexMismatch(Exception):
+    """An existing index has the name or keys of one we need but another spec; says the fix."""
 
 
 class _Handle:
@@ -150,15 +167,83 @@ def errors() -> Collection:
 
 
 def ensure_indexes(db: Database, cfg: Settings) -> None:
-    """Create the contract's indexes if missing (idempotent; the unique ones give exactly-once)."""
+    """Create the contract's indexes if missing (idempotent; the unique ones give exactly-once).
+
+    Raises IndexMismatch when an index already there has the name or keys of one of
+    ours with another spec (an older plain unique index on result_id, say).
+    """
     for collection, specs in (
         (db[cfg.results_collection], RESULT_INDEXES),
         (db[cfg.probe_collection], RESULT_INDEXES),
         (db[cfg.errors_collection], ERROR_INDEXES),
     ):
-        collection.create_indexes(
-            [pymongo.IndexModel(keys, **options) for keys, options in specs]
-        )
+        models = [pymongo.IndexModel(keys, **options) for keys, options in specs]
+        try:
+            collection.create_indexes(models)
+        except OperationFailure as exc:
+            if exc.code in _INDEX_CLASH_CODES:
+                listing = list(collection.list_indexes())
+                problem = index_mismatch(collection.full_name, listing, specs)
+                raise IndexMismatch(problem or _fix_line(collection.full_name, None,
+                                                         str(exc.details or exc))) from exc
+            raise
+        problem = index_mismatch(collection.full_name, list(collection.list_indexes()), specs)
+        if problem:
+            raise IndexMismatch(problem)
+
+
+def index_name(keys: list[tuple[str, int]]) -> str:
+    """MongoDB's default name for an index on `keys`: result_id_1, provider_1_model_name_1_..."""
+    return "_".join(f"{field}_{direction}" for field, direction in keys)
+
+
+def _shape(index: dict[str, Any]) -> tuple[tuple[tuple[str, Any], ...], bool, Any]:
+    keys = tuple((name, int(direction) if isinstance(direction, int | float) else direction)
+                 for name, direction in dict(index.get("key") or {}).items())
+    return keys, bool(index.get("unique", False)), index.get("partialFilterExpression")
+
+
+def _describe(keys: Any, unique: bool, partial: Any) -> str:
+    spec = {"key": dict(keys), "unique": unique}
+    if partial is not None:
+        spec["partialFilterExpression"] = partial
+    return json.dumps(spec, default=str, separators=(", ", ": "))
+
+
+def _fix_line(full_name: str, name: str | None, what: str) -> str:
+    database, _, collection = full_name.partition(".")
+    drop = (f'db.getSiblingDB("{database}").getCollection("{collection}")'
+            f'.dropIndex("{name}")') if name else "drop the clashing index"
+    return (f"index clash on {full_name}: {what}; fix: {drop}, then run "
+            f"flask --app 'ingest_app:create_app()' ensure-indexes")
+
+
+def index_mismatch(full_name: str, listing: list[dict[str, Any]],
+                   specs: tuple[tuple[list[tuple[str, int]], dict[str, Any]], ...]) -> str | None:
+    """One line naming an index in `listing` that clashes with `specs`, and its fix; else None.
+
+    An index clashes when it has the name of one of ours with other keys or options,
+    or, beside ours, the same keys with another uniqueness or partial filter (MongoDB
+    keeps both, and the other one still decides what is refused).
+    """
+    for keys, options in specs:
+        wanted = (tuple(keys), bool(options.get("unique", False)),
+                  options.get("partialFilterExpression"))
+        name = index_name(keys)
+        by_name = next((ix for ix in listing if ix.get("name") == name), None)
+        clashing = []
+        if by_name is not None and _shape(by_name) != wanted:
+            clashing.append(by_name)
+        elif by_name is not None:
+            clashing += [ix for ix in listing if ix.get("name") != name
+                         and _shape(ix)[0] == wanted[0] and _shape(ix)[1:] != wanted[1:]
+                         and (ix.get("unique") or wanted[1])]
+        if clashing:
+            found = clashing[0]
+            what = (f"index {found.get('name')} is {_describe(*_shape(found))} but "
+                    f"bench-ingest needs {_describe(*wanted)}")
+            return _fix_line(full_name, found.get("name"), what)
+    return None
 
 
 def require_indexes() -> None:
@@ -170,6 +255,10 @@ def require_indexes() -> None:
         return
     try:
         ensure_indexes(get_db(), settings.current())
+    except IndexMismatch as exc:
+        # Writes wait (503, the runner keeps them) until an operator applies the fix.
+        log.error("cannot create the indexes writes depend on: %s", exc)
+        raise unavailable(exc) from exc
     except OperationFailure as exc:
         if is_outage(exc):
             raise
@@ -279,7 +368,10 @@ def init_app(app: Flask) -> None:
     def ensure_indexes_command() -> None:
         """Create the results and errors indexes now (they are also made on first write)."""
         cfg = settings.current()
-        ensure_indexes(get_db(), cfg)
+        try:
+            ensure_indexes(get_db(), cfg)
+        except IndexMismatch as exc:
+            raise click.ClickException(str(exc)) from exc
         click.echo(f"indexes present on {cfg.mongodb_db}.{cfg.results_collection}, "
                    f"{cfg.mongodb_db}.{cfg.probe_collection} "
                    f"and {cfg.mongodb_db}.{cfg.errors_collection}")
