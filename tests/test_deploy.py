@@ -194,6 +194,20 @@ def test_ingest_service_runs_gunicorn_and_restarts_on_failure():
     assert directive(unit, "Install", "WantedBy") == "multi-user.target"
 
 
+def test_ingest_service_sees_only_its_own_processes_and_has_memory_and_task_limits():
+    unit = DEPLOY / "ingest-app.service"
+    # /proc shows processes only, not the kernel's knobs and the host's details.
+    assert directive(unit, "Service", "ProcSubset") == "pid"
+    # A leak or a flood of threads hits its own ceiling, never the host's.
+    assert re.fullmatch(r"\d+[KMG]", directive(unit, "Service", "MemoryMax"))
+    assert re.fullmatch(r"\d+[KMG]", directive(unit, "Service", "MemoryHigh"))
+    assert directive(unit, "Service", "MemorySwapMax") == "0"
+    tasks = int(directive(unit, "Service", "TasksMax"))
+    # Room for the master and the default 2 workers of 4 threads each (plus pymongo's
+    # monitor threads), but not for a runaway.
+    assert 64 <= tasks <= 512
+
+
 def test_timer_starts_the_runner_on_a_schedule_and_catches_up_after_downtime():
     timer = DEPLOY / "bench-runner.timer"
     assert directive(timer, "Timer", "OnCalendar")
