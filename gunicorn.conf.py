@@ -45,14 +45,43 @@ class RedactRequestText(logging.Filter):
     _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"')
     _QUERY = re.compile(r"\?\S*")
 
+    # A path segment as long as a key (32 characters, MIN_KEY_CHARS) is no route of ours:
+    # a key pasted into the path (POST /ingest/<key>) is logged as [redacted].
+    _LONG_SEGMENT = re.compile(r"(?<=/)[^/\s\"?]{32,}")
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        # The configured keys themselves, wherever they stand (one with a '/' in it is split
+        # into short segments). Read once, in the master, from the same environment the app
+        # reads; never logged.
+        self._keys = sorted(
+            {entry.partition(":")[2].strip()
+             for var in ("INGEST_API_KEYS", "INGEST_READ_KEYS")
+             for entry in os.environ.get(var, "").split(",")} - {""},
+            key=len, reverse=True,
+        )
+
+    def _without_keys(self, message: str) -> str:
+        for key in self._keys:
+            message = message.replace(key, "[redacted]")
+        return message
+
     def filter(self, record: logging.LogRecord) -> bool:
-        """Rewrite a gunicorn.error line without the client's text; never drop the line."""
-        if record.name == "gunicorn.error":
+        """Rewrite a gunicorn line without the client's text or a key; never drop the line."""
+        if record.name == "gunicorn.access":
+            message = record.getMessage()
+            cleaned = self._LONG_SEGMENT.sub("[redacted]", self._without_keys(message))
+            if cleaned != message:
+                record.msg, record.args = cleaned, ()
+        elif record.name == "gunicorn.error":
             message = record.getMessage()
             if message.startswith("Invalid request from ip="):
                 message = self._QUOTED.sub("'[redacted]'", message)
             if message.startswith(("Invalid request from ip=", "Error handling request")):
-                record.msg, record.args = self._QUERY.sub("?[redacted]", message), ()
+                message = self._QUERY.sub("?[redacted]", message)
+            message = self._without_keys(message)
+            if message != record.getMessage():
+                record.msg, record.args = message, ()
         return True
 
 

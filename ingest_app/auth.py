@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from flask import Flask, g, request
 
-from . import settings
+from . import limiter, settings
 from .credentials import is_credential_param
 from .errors import ApiError
 
@@ -81,13 +81,16 @@ def authenticate(*, allow_read: bool = False, allow_basic: bool = False) -> str:
     """The name of the key this request carries, or a 401 ApiError (same body for every failure)."""
     if key_in_query():
         raise _refuse(allow_basic=allow_basic)
+    # Wrong keys are counted by client address: past the budget the address is refused
+    # before any comparison, so guessing (or a misconfigured runner's flood) stops.
+    address = request.remote_addr or ""
+    limiter.check_auth_failures(address)
     presented = _presented(allow_basic)
-    if presented is None:
-        raise _refuse(allow_basic=allow_basic)
     cfg = settings.current()
     keys = cfg.api_keys + cfg.read_keys if allow_read else cfg.api_keys
-    name = _match(presented, keys)
+    name = _match(presented, keys) if presented is not None else None
     if name is None:
+        limiter.count_auth_failure(address)
         raise _refuse(allow_basic=allow_basic)
     g.runner_id = name
     return name

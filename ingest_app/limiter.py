@@ -29,6 +29,10 @@ from .errors import ApiError
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXTENSION = "bench_ingest.limiter"
+AUTH_FAILURES = "bench_ingest.auth_failures"
+# Addresses are the client's to choose (IPv6 gives each plenty): the table is emptied past
+# this many, which at worst forgives a guesser early, never grows without bound.
+MAX_ADDRESSES = 10_000
 
 
 class RateLimiter:
@@ -56,6 +60,48 @@ class RateLimiter:
             self._buckets[name] = (tokens, now)
         return max(1, math.ceil((1 - tokens) / self.rate))
 
+    def wait(self, name: str) -> int:
+        """The seconds until `name` has a token again (0: it has one now); spends nothing."""
+        if self.capacity <= 0:
+            return 0
+        now = self.clock()
+        with self._lock:
+            tokens, then = self._buckets.get(name, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - then) * self.rate)
+        return 0 if tokens >= 1 else max(1, math.ceil((1 - tokens) / self.rate))
+
+    def forget_all_past(self, size: int) -> None:
+        """Empty the table once it holds more than `size` names."""
+        if len(self._buckets) > size:
+            with self._lock:
+                self._buckets.clear()
+
+
+def too_many(wait: int, limit: int, what: str) -> ApiError:
+    """The 429 answer: retry after `wait` seconds."""
+    return ApiError(
+        429,
+        "rate_limited",
+        f"{what}; retry after the delay in Retry-After.",
+        details={"limit_per_minute": limit, "retry_after_seconds": wait},
+        headers={"Retry-After": str(wait)},
+    )
+
+
+def check_auth_failures(address: str) -> None:
+    """Refuse (429) an address that has spent its budget of wrong keys, before any comparison."""
+    wait = current_app.extensions[AUTH_FAILURES].wait(address)
+    if wait:
+        raise too_many(wait, settings.current().auth_failure_limit_per_minute,
+                       "Too many requests with a missing or wrong key from this address")
+
+
+def count_auth_failure(address: str) -> None:
+    """Spend one of the address's tokens for a request with a missing or wrong key."""
+    failures = current_app.extensions[AUTH_FAILURES]
+    failures.forget_all_past(MAX_ADDRESSES)
+    failures.take(address)
+
 
 def limit_rate(view: F) -> F:
     """Decorate a write route (inside require_key): refuse with 429 past the key's rate."""
@@ -64,14 +110,8 @@ def limit_rate(view: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         wait = current_app.extensions[EXTENSION].take(g.runner_id)
         if wait:
-            limit = settings.current().rate_limit_per_minute
-            raise ApiError(
-                429,
-                "rate_limited",
-                "Too many requests for this key; retry after the delay in Retry-After.",
-                details={"limit_per_minute": limit, "retry_after_seconds": wait},
-                headers={"Retry-After": str(wait)},
-            )
+            raise too_many(wait, settings.current().rate_limit_per_minute,
+                           "Too many requests for this key")
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -81,3 +121,4 @@ def init_app(app: Flask) -> None:
     """Give this app (in this process) its own buckets."""
     cfg = app.extensions[settings.EXTENSION]
     app.extensions[EXTENSION] = RateLimiter(cfg.rate_limit_per_minute)
+    app.extensions[AUTH_FAILURES] = RateLimiter(cfg.auth_failure_limit_per_minute)

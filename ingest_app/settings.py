@@ -52,6 +52,9 @@ class Settings:
     db_cooldown_seconds: float = 1.5
     # Write requests a minute per key name, counted in each worker process (0: no limit).
     rate_limit_per_minute: int = 600
+    # Requests a minute with a missing or wrong key, per client address and worker, before
+    # that address is answered 429 for a while whatever it sends (0: no limit).
+    auth_failure_limit_per_minute: int = 60
     # A client that stops sending its body is cut off after this long, freeing the thread.
     body_timeout_seconds: float = 10.0
 
@@ -103,6 +106,8 @@ class Settings:
                                  cls.db_cooldown_seconds, 0, 60, problems)
         rate_limit = _parse_number(env, "INGEST_RATE_LIMIT", int, cls.rate_limit_per_minute,
                                    0, 1_000_000, problems)
+        auth_failures = _parse_number(env, "INGEST_AUTH_FAILURE_LIMIT", int,
+                                      cls.auth_failure_limit_per_minute, 0, 1_000_000, problems)
         body_timeout = _parse_number(env, "INGEST_BODY_TIMEOUT_SECONDS", float,
                                      cls.body_timeout_seconds, 0.5, 120, problems)
 
@@ -123,6 +128,7 @@ class Settings:
             retry_after_seconds=retry_after,
             db_cooldown_seconds=cooldown,
             rate_limit_per_minute=rate_limit,
+            auth_failure_limit_per_minute=auth_failures,
             body_timeout_seconds=body_timeout,
         )
 

@@ -166,3 +166,45 @@ def test_a_malformed_request_carrying_a_key_never_puts_it_in_gunicorns_log(
     assert bad_target.startswith(b"HTTP/1.1 400") and no_colon.startswith(b"HTTP/1.1 400")
     assert "Invalid request" in log  # the event is still logged...
     assert KEY_A not in log  # ...without the key
+
+
+def test_a_key_in_the_path_never_reaches_gunicorns_log(mongo_uri, mongo_db_name, mongo_db):
+    stranger = "zq-" + "0123456789abcdefghijklmnopqrstuvwxyz" * 2
+    with start_gunicorn(gunicorn_env(mongo_uri, mongo_db_name), workers=1) as server:
+        for path in (f"/ingest/{KEY_A}", f"/{KEY_A}/ingest", f"/ingest/{stranger}"):
+            with requests.post(f"{server.url}{path}", json=result_payload(),
+                               headers={"X-API-Key": KEY_A}, timeout=10) as answer:
+                assert answer.status_code == 404
+                assert answer.json()["error"]["code"] == "not_found"
+        log = server.log()
+    assert '"POST /ingest/[redacted] HTTP/1.1" 404' in log  # the event is logged...
+    assert KEY_A not in log and stranger not in log  # ...without what stood in the path
+
+
+def test_wrong_keys_are_rate_limited_by_client_address(ingest_settings, mongo_db):
+    from dataclasses import replace as with_changes
+
+    app = create_app(with_changes(ingest_settings, auth_failure_limit_per_minute=5))
+    wrong = {"X-API-Key": "wrong-key-of-exactly-forty-characters-xx"}
+    try:
+        with app.test_client() as client:
+            for _ in range(5):
+                assert client.post("/ingest", json=result_payload(),
+                                   headers=wrong).status_code == 401
+            limited = client.post("/ingest", json=result_payload(), headers=wrong)
+            assert limited.status_code == 429
+            assert limited.get_json()["error"]["code"] == "rate_limited"
+            assert int(limited.headers["Retry-After"]) >= 1
+            # The address is cut off for a while, whatever it sends now: guessing stops.
+            assert client.post("/ingest", json=result_payload(),
+                               headers={"X-API-Key": KEY_A}).status_code == 429
+            assert client.get("/summary", headers=wrong).status_code == 429
+            # Another address is not.
+            other = client.post("/ingest", json=result_payload(), headers={"X-API-Key": KEY_A},
+                                environ_base={"REMOTE_ADDR": "192.0.2.7"})
+            assert other.status_code == 201
+            # Open routes stay open to the limited address.
+            assert client.get("/health").status_code == 200
+    finally:
+        app.extensions["bench_ingest.db"].close()
+    assert mongo_db["metrics_cloud_v2"].count_documents({}) == 1
