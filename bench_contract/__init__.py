@@ -8,9 +8,9 @@ side can add, drop or rename a field without the other noticing.
 
 from __future__ import annotations
 
-# Bump when the definition of any measured field changes (CONTRACT section 3).
+# Bump when the definition of any measured field changes (docs/contract.md section 3).
 # 2: decode_tokens_per_second leaves out the first delta's tokens (the stream's
-#    mean per delta), not just one token; see README "What the numbers mean".
+#    mean per delta), not just one token; see docs/contract.md section 3, "Metric definitions".
 METRIC_VERSION = 2
 
 # Bump when what a profile asks for, or how a sample is stamped and routed, changes

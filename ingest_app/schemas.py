@@ -175,7 +175,7 @@ class StrictSchema(Schema):
 
 
 class ResultSchema(StrictSchema):
-    """One benchmark result (CONTRACT section 3)."""
+    """One benchmark result (docs/contract.md section 3)."""
 
     result_id = UUIDString(required=True)
     provider = StrictString(required=True, validate=validate.OneOf(contract.PROVIDERS))
@@ -208,7 +208,7 @@ class ResultSchema(StrictSchema):
 
 
 class FailureSchema(StrictSchema):
-    """One failed attempt (CONTRACT section 4)."""
+    """One failed attempt (docs/contract.md section 4)."""
 
     error_id = UUIDString(required=True)
     provider = StrictString(required=True, validate=validate.OneOf(contract.PROVIDERS))

@@ -1,6 +1,6 @@
 """Per-model summaries of the stored results and failures over a time window.
 
-Every query here is answered from an index (CONTRACT section 3 and the errors
+Every query here is answered from an index (docs/contract.md sections 3 and 4: the
 indexes that db.ensure_indexes creates); the comment above each query names it.
 Percentiles are computed in Python over a projection of only the needed
 fields: exact, and independent of the server's aggregation operators

@@ -1,4 +1,4 @@
-"""Measure one Amazon Bedrock model with ConverseStream, as CONTRACT section 3 defines it.
+"""Measure one Amazon Bedrock model with ConverseStream, as docs/contract.md section 3 defines it.
 
 One long-lived bedrock-runtime client per provider (thread-safe, pool at least the
 concurrency), botocore's retries off, and the connections warmed before any timer

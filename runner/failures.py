@@ -1,4 +1,4 @@
-"""Classify what went wrong in a call into the failure kinds of CONTRACT section 4.
+"""Classify what went wrong in a call into the failure kinds of docs/contract.md section 4.
 
 The SDK's exception name and error code decide first, then the HTTP status, and
 only then the message text. No SDK import here: exceptions are recognised by the

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # database-less API. 500 is a bug on the server: the outbox retries it a few times
 # across drains, then dead-letters it.
 INLINE_RETRY_STATUSES = frozenset({429, 502, 503, 504})
-# Answers that never change on a resend (CONTRACT section 2).
+# Answers that never change on a resend (docs/contract.md section 2).
 
 
 class BodyTooLarge(ValueError):

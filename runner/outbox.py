@@ -1,6 +1,6 @@
 """The durable outbox: every result and failure is on disk before anyone tries to send it.
 
-Layout under the state dir (RELIABILITY.md):
+Layout under the state dir (docs/reliability.md, "The runner's outbox"):
 
     outbox/tmp/       files being written (cleaned at start: a crash leaves them half done)
     outbox/pending/   one JSON file per record, named so that name order is age order

@@ -19,7 +19,7 @@ from .records import Failure, Profile, Result
 class SetupError(Exception):
     """A problem the user must fix before anything can be measured, said as one sentence.
 
-    `kind` and `exc_type` classify it as a failure (CONTRACT section 4) where it is raised,
+    `kind` and `exc_type` classify it as a failure (docs/contract.md section 4) where it is raised,
     from the exception that caused it, for the records of a cycle it stops.
     """
 

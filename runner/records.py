@@ -49,7 +49,7 @@ def _payload(record: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Result:
-    """One benchmark result (CONTRACT section 3). Field order follows bench_contract."""
+    """One benchmark result (docs/contract.md section 3). Field order follows bench_contract."""
 
     provider: str
     model_name: str
@@ -102,7 +102,7 @@ class Result:
 
 @dataclass(frozen=True)
 class Failure:
-    """One failed attempt (CONTRACT section 4)."""
+    """One failed attempt (docs/contract.md section 4)."""
 
     provider: str
     model_name: str

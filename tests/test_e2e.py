@@ -3,7 +3,7 @@
 Nothing here runs in-process: the runner is the installed console script in a
 subprocess, the ingest app is gunicorn with the repository's config, the
 database is a private nx-27017 this module may kill, and boto3 talks to the
-Bedrock simulator over a socket. RELIABILITY.md scenarios 2 (database killed,
+Bedrock simulator over a socket. docs/reliability.md scenarios 2 (database killed,
 then back) and 5 (ingest API down during a run) are checked end to end.
 """
 

@@ -138,7 +138,7 @@ def test_secrets_echoed_in_a_message_are_redacted():
      "Invocation with on-demand throughput isn't supported for this account.", "auth"),
 ])
 def test_exception_name_decides_before_the_message_text(code, status, message, kind):
-    # CONTRACT section 4: name and status first, message text only as a fallback.
+    # docs/contract.md section 4: name and status first, message text only as a fallback.
     c = classify(_client_error(code, message, status), model_id="vendor.model-v1")
     assert c.kind == kind
     assert c.hint is None

@@ -1,4 +1,6 @@
-"""A hung database piles no requests up: the circuit breaker answers 503 at once (RELIABILITY 3).
+"""A hung database piles no requests up: the circuit breaker answers 503 at once.
+
+docs/reliability.md scenario 3.
 
 The breaker's states are checked on its own with a hand-driven clock (a seam we own);
 the promise itself (every 503 within 5 s, no worker killed) on real gunicorn against

@@ -1,4 +1,6 @@
-"""Faults the service survives, on real gunicorn and real sockets (RELIABILITY 1, 3, 4, 6, 14-16).
+"""Faults the service survives, on real gunicorn and real sockets.
+
+docs/reliability.md scenarios 1, 3, 4, 6 and 14-16.
 
 Timing assertions are the contract's own promise (a 503 within 5 s) with the app's
 database cap set to 3 s, so they hold with room to spare on a loaded machine.

@@ -1,4 +1,7 @@
-"""Bad input is refused with the right status and nothing is stored (RELIABILITY rows 15-19)."""
+"""Bad input is refused with the right status and nothing is stored.
+
+docs/reliability.md scenarios 15-19.
+"""
 
 from __future__ import annotations
 

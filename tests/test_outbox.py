@@ -1,4 +1,4 @@
-"""The outbox keeps every record on disk until the ingest API has it (RELIABILITY.md)."""
+"""The outbox keeps every record on disk until the ingest API has it (docs/reliability.md)."""
 
 from __future__ import annotations
 
