@@ -3,7 +3,7 @@
 A runner's failure message may quote what a library said, and libraries quote
 credentials (a rejected key, an AWS access key id, a signed header). The app
 redacts before storing, so no copy of a secret lands in the database, the
-status page or a backup (docs/contract.md, failure records).
+status page or a backup (docs/contract.md section 4).
 """
 
 from __future__ import annotations

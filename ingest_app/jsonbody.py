@@ -79,7 +79,7 @@ def read_body(limit: int, timeout: float) -> bytes:
     except ParseException:
         # Broken chunk framing (a size of zz or -1, a missing CRLF, a bad extension or
         # trailer). The exception quotes the client's bytes, which may hold a key: it is
-        # neither logged nor echoed (docs/contract.md, errors).
+        # neither logged nor echoed (docs/contract.md section 2).
         raise ApiError(
             400,
             "malformed_body",

@@ -122,7 +122,7 @@ def insert_many(collection: Collection, id_field: str, documents: Sequence[dict[
 
 
 def route(document: dict[str, Any]) -> Collection:
-    """The collection a result belongs in: the one place that decides (docs/contract.md).
+    """The collection a result belongs in: the one place that decides (docs/contract.md section 3).
 
     Published samples go to the results collection the charts read; shadow and
     probe samples to the probe collection. A result without sample_role (an older
