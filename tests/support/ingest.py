@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,7 @@ class Gunicorn:
     url: str
     pid: int
     log_path: Path
+    proc: subprocess.Popen | None = field(default=None, repr=False, compare=False)
 
     def log(self) -> str:
         """Everything gunicorn and the app have written so far."""
@@ -125,41 +126,53 @@ class Gunicorn:
         return {int(p) for p in out.split()}
 
 
+def spawn_gunicorn(
+    env: dict[str, str], *, port: int, workdir: Path, workers: int = 2, timeout: int = 30,
+    threads: int = 4, app: str = "ingest_app:create_app()", log_name: str = "gunicorn.log",
+) -> Gunicorn:
+    """Start `app` under gunicorn with the repo's config on 127.0.0.1:`port`; do not wait.
+
+    The master leads its own process group (its pid), so the group outlives a killed master
+    and `stop_gunicorn` can still reach workers left behind. The log is appended to, so a
+    master started again on the same port and workdir keeps one log.
+    """
+    child_env = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith(("MONGODB_", "INGEST_", "GUNICORN_", "PROMETHEUS_", "WEB_"))
+    }
+    child_env.update(
+        GUNICORN_BIND=f"127.0.0.1:{port}",
+        WEB_CONCURRENCY=str(workers),
+        GUNICORN_THREADS=str(threads),
+        GUNICORN_TIMEOUT=str(timeout),
+        PROMETHEUS_MULTIPROC_DIR=str(Path(workdir, "metrics")),
+    )
+    child_env.update(env)
+    Path(child_env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(exist_ok=True)
+    log_path = Path(workdir, log_name)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), app],
+            cwd=REPO, env=child_env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Gunicorn(url=f"http://127.0.0.1:{port}", pid=proc.pid, log_path=log_path, proc=proc)
+
+
 @contextlib.contextmanager
 def start_gunicorn(
     env: dict[str, str], *, workers: int = 2, timeout: int = 30, threads: int = 4,
     app: str = "ingest_app:create_app()",
 ) -> Iterator[Gunicorn]:
     """Run `app` under gunicorn with the repo's config on a free loopback port; stop it after."""
-    port = free_port()
     with tempfile.TemporaryDirectory(prefix="gunicorn-test-") as tmp:
-        child_env = {
-            k: v for k, v in os.environ.items()
-            if not k.startswith(("MONGODB_", "INGEST_", "GUNICORN_", "PROMETHEUS_", "WEB_"))
-        }
-        child_env.update(
-            GUNICORN_BIND=f"127.0.0.1:{port}",
-            WEB_CONCURRENCY=str(workers),
-            GUNICORN_THREADS=str(threads),
-            GUNICORN_TIMEOUT=str(timeout),
-            PROMETHEUS_MULTIPROC_DIR=str(Path(tmp, "metrics")),
-        )
-        child_env.update(env)
-        Path(child_env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(exist_ok=True)
-        log_path = Path(tmp, "gunicorn.log")
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"),
-                 app],
-                cwd=REPO, env=child_env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        server = Gunicorn(url=f"http://127.0.0.1:{port}", pid=proc.pid, log_path=log_path)
+        server = spawn_gunicorn(env, port=free_port(), workdir=Path(tmp), workers=workers,
+                                timeout=timeout, threads=threads, app=app)
         try:
-            _wait_healthy(server, proc)
+            wait_healthy(server)
             yield server
         finally:
-            _stop(proc)
+            stop_gunicorn(server)
 
 
 @contextlib.contextmanager
@@ -169,11 +182,13 @@ def run_gunicorn(env: dict[str, str], *, workers: int = 2, timeout: int = 30) ->
         yield server.url
 
 
-def _wait_healthy(server: Gunicorn, proc: subprocess.Popen, limit: float = 20.0) -> None:
+def wait_healthy(server: Gunicorn, limit: float = 20.0) -> None:
+    """Block until gunicorn answers /health with 200; RuntimeError with its log if it cannot."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {proc.returncode}:\n{server.log()[-3000:]}")
+        if server.proc is not None and server.proc.poll() is not None:
+            raise RuntimeError(
+                f"gunicorn exited with {server.proc.returncode}:\n{server.log()[-3000:]}")
         try:
             with urllib.request.urlopen(f"{server.url}/health", timeout=2) as answer:
                 if answer.status == 200:
@@ -184,8 +199,10 @@ def _wait_healthy(server: Gunicorn, proc: subprocess.Popen, limit: float = 20.0)
     raise RuntimeError(f"gunicorn not healthy after {limit}s:\n{server.log()[-3000:]}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
+def stop_gunicorn(server: Gunicorn) -> None:
+    """SIGTERM the master and wait; then SIGKILL whatever is left of its process group."""
+    proc = server.proc
+    if proc is not None and proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=15)
@@ -195,7 +212,7 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
     # Workers that outlived their master (it was killed) must not linger either.
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(server.pid, signal.SIGKILL)
 
 
 def gunicorn_env(mongo_uri: str, db_name: str, **extra: str) -> dict[str, str]:
