@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/measurement_fidelity.py
 	$(PY) bench/runner_cycle.py
 	$(PY) bench/summary_latency.py
+	$(PY) bench/chaos_soak.py
 
 clean:
 	rm -rf $(VENV) .demo test-artifacts
