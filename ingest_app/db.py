@@ -68,6 +68,23 @@ class IndexMismatch(Exception):
     """An existing index has the name or keys of one we need but another spec; says the fix."""
 
 
+class _Guards:
+    """One process's circuit breakers and its read slots (docs/reliability.md).
+
+    Reads have a breaker and a concurrency limit of their own: a burst of heavy
+    reads (GET /summary?window=31d) that times out opens the read breaker only,
+    and beyond the limit a read is answered 503 at once instead of holding a
+    worker thread, so writes keep both their threads and their breaker.
+    """
+
+    def __init__(self, cfg: Settings) -> None:
+        self.pid = os.getpid()
+        probe_limit = cfg.db_timeout_seconds + 1.0
+        self.write = Breaker(cfg.db_cooldown_seconds, probe_limit_seconds=probe_limit)
+        self.read = Breaker(cfg.db_cooldown_seconds, probe_limit_seconds=probe_limit)
+        self.read_slots = threading.BoundedSemaphore(cfg.max_concurrent_reads)
+
+
 class _Handle:
     """The process's client, made on first use so a client made before a fork is never shared."""
 
@@ -78,20 +95,21 @@ class _Handle:
         self.pid = 0
         self.indexes_checked_at: float | None = None
         self.collections: dict[str, Collection] = {}
-        self._breaker: Breaker | None = None
-        self._breaker_pid = 0
+        self._guards: _Guards | None = None
+
+    def guards(self) -> _Guards:
+        # Per process, like the client: a forked worker starts closed, with its own locks.
+        guards = self._guards
+        if guards is None or guards.pid != os.getpid():
+            with self.lock:
+                if self._guards is None or self._guards.pid != os.getpid():
+                    self._guards = _Guards(self.cfg)
+                guards = self._guards
+        return guards
 
     def breaker(self) -> Breaker:
-        # Per process, like the client: a forked worker starts closed, with its own lock.
-        if self._breaker is None or self._breaker_pid != os.getpid():
-            with self.lock:
-                if self._breaker is None or self._breaker_pid != os.getpid():
-                    self._breaker = Breaker(
-                        self.cfg.db_cooldown_seconds,
-                        probe_limit_seconds=self.cfg.db_timeout_seconds + 1.0,
-                    )
-                    self._breaker_pid = os.getpid()
-        return self._breaker
+        """The write side's breaker (the readiness ping reports to it too)."""
+        return self.guards().write
 
     def get(self) -> pymongo.MongoClient:
         with self.lock:
@@ -314,15 +332,42 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, PyMongoError) and bool(getattr(exc, "timeout", False))
 
 
+def read_busy() -> ApiError:
+    """The 503 a read gets at once when this worker's read slots are all taken."""
+    metrics.observe_db_refused()
+    return ApiError(
+        503,
+        "read_capacity_exhausted",
+        "Too many reads are in progress; retry after the delay in Retry-After.",
+        headers={"Retry-After": str(settings.current().retry_after_seconds)},
+    )
+
+
 @contextmanager
-def bounded(*, guarded: bool = True) -> Iterator[None]:
+def bounded(*, guarded: bool = True, read: bool = False) -> Iterator[None]:
     """Run database calls under the app's time cap; an outage becomes a 503 ApiError.
 
     Guarded calls are refused at once (503) while the circuit breaker is open; an
     unguarded call (the readiness ping) always asks the database, and its outcome
-    still opens or closes the breaker.
+    still opens or closes the breaker. A read takes one of the worker's read slots
+    (503 at once when none is free) and answers to the read breaker.
     """
-    breaker = _handle().breaker()
+    guards = _handle().guards()
+    if not read:
+        with _bounded(guards.write, guarded):
+            yield
+        return
+    if not guards.read_slots.acquire(blocking=False):
+        raise read_busy()
+    try:
+        with _bounded(guards.read, guarded):
+            yield
+    finally:
+        guards.read_slots.release()
+
+
+@contextmanager
+def _bounded(breaker: Breaker, guarded: bool) -> Iterator[None]:
     started = breaker.admit() if guarded else breaker.clock()
     if started is None:
         raise refused()

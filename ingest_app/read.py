@@ -121,7 +121,7 @@ def results() -> ResponseReturnValue:
             problems["cursor"] = str(exc)
     if problems:
         raise _invalid(problems)
-    with db.bounded():
+    with db.bounded(read=True):
         docs, position = list_results(db.results(), match, since=since, until=until,
                                       after=after, limit=limit)
     return _private(jsonify({
@@ -136,7 +136,7 @@ def _summary(window: str) -> Summary:
         parse_window(window)
     except WindowError as exc:
         raise _invalid({"window": str(exc)}) from exc
-    with db.bounded():
+    with db.bounded(read=True):
         return summarize(db.results(), db.errors(), window)
 
 

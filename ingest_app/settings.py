@@ -51,6 +51,9 @@ class Settings:
     # After a database timeout, requests are answered 503 at once for this long (0: never).
     db_cooldown_seconds: float = 1.5
     # Write requests a minute per key name, counted in each worker process (0: no limit).
+    # Database reads (GET /results, /summary, the page) at once in each worker; past it a
+    # read is answered 503 at once, so heavy readers never hold the threads writes need.
+    max_concurrent_reads: int = 1
     rate_limit_per_minute: int = 600
     # Requests a minute with a missing or wrong key, per client address and worker, before
     # that address is answered 429 for a while whatever it sends (0: no limit).
@@ -108,6 +111,8 @@ class Settings:
                                    0, 1_000_000, problems)
         auth_failures = _parse_number(env, "INGEST_AUTH_FAILURE_LIMIT", int,
                                       cls.auth_failure_limit_per_minute, 0, 1_000_000, problems)
+        max_reads = _parse_number(env, "INGEST_MAX_CONCURRENT_READS", int,
+                                  cls.max_concurrent_reads, 1, 1000, problems)
         body_timeout = _parse_number(env, "INGEST_BODY_TIMEOUT_SECONDS", float,
                                      cls.body_timeout_seconds, 0.5, 120, problems)
 
@@ -127,6 +132,7 @@ class Settings:
             connect_timeout_ms=min(int(db_timeout * 1000), cls.connect_timeout_ms),
             retry_after_seconds=retry_after,
             db_cooldown_seconds=cooldown,
+            max_concurrent_reads=max_reads,
             rate_limit_per_minute=rate_limit,
             auth_failure_limit_per_minute=auth_failures,
             body_timeout_seconds=body_timeout,

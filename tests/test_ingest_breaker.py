@@ -233,3 +233,57 @@ def test_ready_asks_the_database_even_while_the_breaker_refuses(killable_mongo, 
                                ).status_code == 201
     finally:
         app.extensions["bench_ingest.db"].close()
+
+
+def test_sixteen_heavy_readers_never_cost_a_write_a_503_or_more_than_5_s(
+        mongo_uri, mongo_db_name, mongo_db):
+    from datetime import UTC, datetime, timedelta
+
+    from ingest_app import db as app_db
+    from tests.support.seed import result_doc
+
+    # A month of results for 20 models: GET /summary?window=31d reads every one of them.
+    now = datetime.now(UTC)
+    docs = [result_doc(f"sim.m{i % 20}-v1", now - timedelta(minutes=2 * i)) for i in range(20000)]
+    mongo_db["metrics_cloud_v2"].insert_many(docs)
+    app_db.ensure_indexes(mongo_db, Settings(mongodb_uri=mongo_uri, mongodb_db=mongo_db_name))
+    read_headers = {"X-API-Key": TEST_READ_KEYS["dashboard"]}
+    env = gunicorn_env(mongo_uri, mongo_db_name, MONGODB_TIMEOUT_SECONDS="3")
+    with start_gunicorn(env) as server:
+        stop = threading.Event()
+        read_statuses: list[int] = []
+
+        def read() -> None:
+            with requests.Session() as session:
+                while not stop.is_set():
+                    try:
+                        with session.get(f"{server.url}/summary?window=31d",
+                                         headers=read_headers, timeout=30) as answer:
+                            read_statuses.append(answer.status_code)
+                        if answer.status_code == 503:
+                            # A dashboard told to come back later does, if sooner than asked.
+                            time.sleep(0.5)
+                    except requests.RequestException:
+                        read_statuses.append(0)
+
+        readers = [threading.Thread(target=read) for _ in range(16)]
+        for reader in readers:
+            reader.start()
+        writes: list[tuple[int, float]] = []
+        try:
+            time.sleep(1.0)
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                with requests.post(f"{server.url}/ingest", json=result_payload(),
+                                   headers=HEADERS, timeout=30) as answer:
+                    writes.append((answer.status_code, time.monotonic() - started))
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            for reader in readers:
+                reader.join(timeout=60)
+    assert read_statuses and 200 in read_statuses  # the readers were served, heavily...
+    assert [status for status, _ in writes] == [201] * len(writes)  # ...and no write paid
+    assert max(seconds for _, seconds in writes) < PROMISED_SECONDS, writes
+    assert mongo_db["metrics_cloud_v2"].count_documents({}) == len(docs) + len(writes)
