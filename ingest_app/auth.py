@@ -67,7 +67,7 @@ def _match(presented: bytes, keys: tuple[tuple[str, str], ...]) -> str | None:
 
 
 def key_in_query() -> bool:
-    """True when a query parameter's name names a credential (docs/contract.md section 2)."""
+    """True when a query parameter is named like a credential (docs/contract.md section 2)."""
     return any(is_credential_param(name) for name in request.args)
 
 
