@@ -9,7 +9,14 @@ simulator itself runs late; the second table is the runner's own error).
 
     python bench/measurement_fidelity.py [--runs 32]
 
-Target: median TTFT error under 5 ms, max under 25 ms.
+Then the dashboard's visible-token fields, on models of 300-token answers in deltas
+of varied token counts (some after reasoning), under a 512-token profile: the error
+of time_to_64_visible_tokens_seconds against when the simulator sent the delta that
+carried the 64th cl100k_base token, and of visible_output_tokens and reasoning_tokens
+against the simulator's count.
+
+Target: median TTFT error under 5 ms, max under 25 ms; time to 64 visible tokens
+within 25 ms; token counts exact.
 """
 
 from __future__ import annotations
@@ -42,8 +49,38 @@ MODELS = {
     "us.sim.fid-r": ModelBehaviour(ttft=0.15, gap=0.020, tokens_per_delta=4,
                                    reasoning_tokens=16, output_tokens=32),
 }
+# Cross the 64th visible token at different deltas, with and without reasoning first.
+VISIBLE_PROFILE = Profile(max_tokens=512, profile_id="cloud-long-v1")
+VISIBLE_MODELS = {
+    "sim.fid-v1": ModelBehaviour(ttft=0.10, gap=0.008, delta_tokens=(1, 3, 2, 7, 4),
+                                 output_tokens=300),
+    "sim.fid-v2": ModelBehaviour(ttft=0.15, gap=0.012, delta_tokens=(5, 1, 9, 2),
+                                 output_tokens=300, send_usage=False),
+    "us.sim.fid-vr": ModelBehaviour(ttft=0.12, gap=0.010, delta_tokens=(2, 6, 1, 3),
+                                    reasoning_tokens=90, output_tokens=300),
+}
 
 
+def _visible_errors(config: SimulatorConfig, results: list[tuple[str, Result]],
+                    late: dict[str, dict[str, float]]) -> dict[str, list[float]]:
+    """Errors of the visible-token fields: time to 64 (ms, against the plan and as sent)."""
+    out: dict[str, list[float]] = {"t64_plan_ms": [], "t64_sent_ms": [], "visible_tok": [],
+                                   "reasoning_tok": []}
+    for model_id, r in results:
+        plan = config.plan(model_id, VISIBLE_PROFILE.max_tokens)
+        truth = plan.time_to_64_visible_tokens
+        measured = r.time_to_64_visible_tokens_seconds
+        if truth is None or measured is None:
+            raise SystemExit(f"{model_id}: time to 64 visible tokens missing "
+                             f"(truth {truth}, measured {measured})")
+        out["t64_plan_ms"].append(abs(measured - truth) * 1000)
+        out["t64_sent_ms"].append(abs(measured - truth - late[r.request_id]["visible_64"])
+                                  * 1000)
+        expected = plan.output_tokens if r.token_source == "provider_usage" and \
+            plan.reasoning_tokens is None else plan.visible_output_tokens
+        out["visible_tok"].append(abs(r.visible_output_tokens - expected))
+        out["reasoning_tok"].append(abs((r.reasoning_tokens or 0) - (plan.reasoning_tokens or 0)))
+    return out
 
 
 def _errors(config: SimulatorConfig, results: list[tuple[str, Result]],
@@ -69,9 +106,10 @@ def _lateness(url: str) -> dict[str, dict[str, float]]:
         return json.load(answer)["streams"]
 
 
-def _measure(provider, model_ids: list[str], threads: int) -> list[tuple[str, Result]]:
+def _measure(provider, model_ids: list[str], threads: int,
+             profile: Profile = PROFILE) -> list[tuple[str, Result]]:
     def one(model_id: str) -> tuple[str, Result]:
-        outcome = provider.measure(model_id, PROFILE)
+        outcome = provider.measure(model_id, profile)
         if not isinstance(outcome, Result):
             raise SystemExit(f"{model_id} failed: {outcome.error_kind}: {outcome.message}")
         return model_id, outcome
@@ -81,8 +119,11 @@ def _measure(provider, model_ids: list[str], threads: int) -> list[tuple[str, Re
 
 
 def _report(label: str, errors: dict[str, list[float]]) -> None:
-    units = {"ttft_ms": "ms", "gen_ms": "ms", "decode_pct": "%"}
-    names = {"ttft_ms": "TTFT", "gen_ms": "generate time", "decode_pct": "decode speed"}
+    units = {"ttft_ms": "ms", "gen_ms": "ms", "decode_pct": "%", "t64_plan_ms": "ms",
+             "t64_sent_ms": "ms", "visible_tok": "tk", "reasoning_tok": "tk"}
+    names = {"ttft_ms": "TTFT", "gen_ms": "generate time", "decode_pct": "decode speed",
+             "t64_plan_ms": "t64 vs plan", "t64_sent_ms": "t64 vs sent",
+             "visible_tok": "visible tokens", "reasoning_tok": "reasoning tok"}
     for key, values in errors.items():
         print(f"{label:<24} {names[key]:<14} median {statistics.median(values):6.2f} "
               f"{units[key]:<2}  max {max(values):6.2f} {units[key]:<2}  (n={len(values)})")
@@ -94,7 +135,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=32, help="measurements per pass")
     args = parser.parse_args()
 
-    config = SimulatorConfig(models=MODELS)
+    config = SimulatorConfig(models={**MODELS, **VISIBLE_MODELS})
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,10 +168,23 @@ def main() -> None:
                       f"sent a delta up to {worst:.1f} ms late")
                 _report("  against the plan", _errors(config, results))
                 _report("  against what was sent", _errors(config, results, late))
+            visible_ids = [list(VISIBLE_MODELS)[i % len(VISIBLE_MODELS)]
+                           for i in range(args.runs)]
+            for label, threads in (("visible, sequential", 1), ("visible, 4 threads", 4)):
+                provider = BedrockProvider(region=None, concurrency=threads)
+                try:
+                    provider.warm()
+                    results = _measure(provider, visible_ids, threads, VISIBLE_PROFILE)
+                finally:
+                    provider.close()
+                print(f"{label}: {len(results)} measurements of 300 visible tokens")
+                _report("  visible-token fields", _visible_errors(config, results,
+                                                                  _lateness(url)))
         finally:
             sim.terminate()
             sim.wait(timeout=10)
-    print("target: median TTFT error < 5 ms, max < 25 ms")
+    print("target: median TTFT error < 5 ms, max < 25 ms; time to 64 visible tokens within "
+          "25 ms; token counts exact (0 tk)")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,13 @@ from __future__ import annotations
 #    mean per delta), not just one token; see docs/contract.md section 3, "Metric definitions".
 METRIC_VERSION = 2
 
+# The dashboard's name for the shape of a results row: 2 is the row with the generated and
+# visible token fields below. Not ours to bump; our own definitions are METRIC_VERSION.
+METRICS_SCHEMA_VERSION = 2
+REQUEST_MODES = ("bedrock_converse_stream",)
+# Delivered TPS is VISIBLE_TOKEN_MARK / time_to_64_visible_tokens_seconds.
+VISIBLE_TOKEN_MARK = 64
+
 # Bump when what a profile asks for, or how a sample is stamped and routed, changes
 # (docs/contract.md section 3): protocol_version on every result.
 PROTOCOL_VERSION = 1
@@ -75,6 +82,14 @@ RESULT_OPTIONAL = (
     "attempts",
     "chunk_count",
     "reasoning_tokens",
+    "metrics_schema_version",
+    "request_mode",
+    "ttft_available",
+    "generated_output_tokens",
+    "visible_output_tokens",
+    "generated_tokens_per_second",
+    "visible_tokens_per_second",
+    "time_to_64_visible_tokens_seconds",
     "metric_version",
     "protocol_version",
     "sample_role",

@@ -15,7 +15,15 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate
+from marshmallow import (
+    INCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates_schema,
+)
 
 import bench_contract as contract
 
@@ -61,6 +69,15 @@ class StrictFloat(fields.Float):
         if not math.isfinite(number):
             raise self.make_error("special")
         return number
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON true or false: no 1, 0 or "yes"."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
 
 
 class StrictString(fields.String):
@@ -200,11 +217,33 @@ class ResultSchema(StrictSchema):
     attempts = StrictInteger(validate=validate.Range(min=1))
     chunk_count = StrictInteger(validate=_NON_NEGATIVE)
     reasoning_tokens = StrictInteger(allow_none=True, validate=_NON_NEGATIVE)
+    metrics_schema_version = StrictInteger(
+        validate=validate.Equal(contract.METRICS_SCHEMA_VERSION))
+    request_mode = StrictString(validate=validate.OneOf(contract.REQUEST_MODES))
+    ttft_available = StrictBoolean()
+    generated_output_tokens = StrictInteger(validate=_NON_NEGATIVE)
+    visible_output_tokens = StrictInteger(validate=_NON_NEGATIVE)
+    generated_tokens_per_second = StrictFloat(validate=_NON_NEGATIVE)
+    visible_tokens_per_second = StrictFloat(validate=_NON_NEGATIVE)
+    time_to_64_visible_tokens_seconds = StrictFloat(allow_none=True, validate=_NON_NEGATIVE)
     metric_version = StrictInteger(validate=validate.Range(min=1))
     protocol_version = StrictInteger(validate=validate.Range(min=1))
     sample_role = StrictString(validate=validate.OneOf(contract.SAMPLE_ROLES))
     runner_version = _text(64)
     misc = Misc()
+
+    @validates_schema
+    def _consistent(self, data: dict[str, Any], **_: Any) -> None:
+        # The dashboard trusts ttft_available; it must say what time_to_first_token says.
+        if "ttft_available" in data and "time_to_first_token" in data and \
+                data["ttft_available"] != (data["time_to_first_token"] is not None):
+            raise ValidationError("Must be true exactly when time_to_first_token is not null.",
+                                  "ttft_available")
+        reached = data.get("time_to_64_visible_tokens_seconds")
+        generate_time = data.get("generate_time")
+        if reached is not None and generate_time is not None and reached > generate_time:
+            raise ValidationError("Cannot be later than generate_time.",
+                                  "time_to_64_visible_tokens_seconds")
 
 
 class FailureSchema(StrictSchema):

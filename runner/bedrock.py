@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,9 +24,12 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+import bench_contract as contract
+
 from .failures import CallDeadlineExceeded, Classification, classify
 from .provider import CatalogEntry, SetupError
 from .records import Failure, Profile, Result
+from .visible_tokens import VisibleTokenClock
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,10 @@ class _Stream:
     stop_reason: str | None = None
     usage: dict[str, Any] | None = None
     latency_ms: int | None = None
+    clock: VisibleTokenClock = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.clock = VisibleTokenClock(self.sent)
 
 
 @dataclass(frozen=True)
@@ -338,6 +345,8 @@ class BedrockProvider:
             output_tokens, token_source = seen.chunks, "stream_chunks"
         generate_time = seen.end - seen.sent
         decode = _decode_speed(output_tokens, seen)
+        visible = _visible_tokens(output_tokens, token_source, seen)
+        ttft = _since(seen.first_text, seen.sent)
         misc: dict[str, Any] = {}
         if seen.reasoning_chunks:
             misc["reasoning_chunks"] = seen.reasoning_chunks
@@ -357,7 +366,7 @@ class BedrockProvider:
             temperature=profile.temperature,
             input_tokens=usage.get("inputTokens"),
             token_source=token_source,
-            time_to_first_token=_since(seen.first_text, seen.sent),
+            time_to_first_token=ttft,
             time_to_first_any_token=_since(seen.first_any, seen.sent),
             decode_tokens_per_second=decode,
             server_latency_ms=seen.latency_ms,
@@ -365,6 +374,13 @@ class BedrockProvider:
             request_id=seen.request_id,
             attempts=attempts,
             chunk_count=seen.chunks,
+            reasoning_tokens=seen.clock.reasoning_tokens() if seen.clock.had_reasoning else None,
+            ttft_available=ttft is not None,
+            generated_output_tokens=output_tokens,
+            visible_output_tokens=visible,
+            generated_tokens_per_second=output_tokens / generate_time,
+            visible_tokens_per_second=visible / generate_time,
+            time_to_64_visible_tokens_seconds=seen.clock.time_to_mark,
             sample_role=profile.sample_role,
             misc=misc or None,
         )
@@ -444,9 +460,11 @@ def _record(seen: _Stream, event: dict[str, Any], now: float) -> None:
             seen.chunks += 1
             if seen.first_text is None:
                 seen.first_text = now
+            seen.clock.visible(text, now)
         elif reasoning:
             seen.chunks += 1
             seen.reasoning_chunks += 1
+            seen.clock.reasoning(reasoning)
         else:
             return
         if seen.first_any is None:
@@ -478,6 +496,19 @@ def _decode_speed(output_tokens: int, seen: _Stream) -> float | None:
     if span <= 0 or output_tokens <= first_delta_tokens:
         return None
     return (output_tokens - first_delta_tokens) / span
+
+
+def _visible_tokens(output_tokens: int, from_usage: str, seen: _Stream) -> int:
+    """Tokens of the answer the user sees (docs/contract.md section 3).
+
+    Bedrock's usage counts every generated token, reasoning included, and does not
+    split them. With no reasoning deltas all of it was visible, so usage's exact count
+    stands; otherwise (or without usage) the visible text is counted with cl100k_base,
+    as the other writers count it.
+    """
+    if from_usage == contract.TOKEN_SOURCES[0] and not seen.clock.had_reasoning:
+        return output_tokens
+    return seen.clock.visible_tokens()
 
 
 def _since(t: float | None, start: float) -> float | None:

@@ -74,6 +74,14 @@ class Result:
     attempts: int = 1
     chunk_count: int | None = None
     reasoning_tokens: int | None = None
+    metrics_schema_version: int = contract.METRICS_SCHEMA_VERSION
+    request_mode: str = contract.REQUEST_MODES[0]
+    ttft_available: bool | None = None
+    generated_output_tokens: int | None = None
+    visible_output_tokens: int | None = None
+    generated_tokens_per_second: float | None = None
+    visible_tokens_per_second: float | None = None
+    time_to_64_visible_tokens_seconds: float | None = None
     metric_version: int = contract.METRIC_VERSION
     protocol_version: int = contract.PROTOCOL_VERSION
     sample_role: str = contract.PUBLISHED
@@ -95,7 +103,8 @@ class Result:
         """
         out = _payload(self)
         for name in ("time_to_first_token", "time_to_first_any_token",
-                     "decode_tokens_per_second", "temperature"):
+                     "decode_tokens_per_second", "temperature",
+                     "time_to_64_visible_tokens_seconds"):
             out.setdefault(name, None)
         return out
 

@@ -10,6 +10,8 @@ the same plan is the truth that measurements are checked against.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import json
 import logging
 import re
@@ -18,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,12 +28,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from . import eventstream
+from . import eventstream, visible_tokens
 
 log = logging.getLogger(__name__)
 
 GEO_PREFIXES = ("us.", "eu.", "apac.", "global.")
 STREAMS_KEPT = 1000
+# The maxTokens of the runner's profiles (bench_contract.PROFILES).
+PLANNED_BUDGETS = (64, 512, 2048)
 
 # Errors answered before the stream: (status, x-amzn-ErrorType, message).
 PRE_STREAM_ERRORS: dict[str, tuple[int, str, str]] = {
@@ -67,13 +71,29 @@ STREAM_ERRORS: dict[str, str] = {
     "serviceUnavailableException": "The service is temporarily unable to handle the request.",
 }
 
-_TEXT = (
+# What the simulated models write: plain ASCII with short and long words, numbers and
+# punctuation, so deltas of one token count differ in length and BPE merges across
+# delta boundaries. Cut into deltas by cl100k_base tokens (runner.visible_tokens), so the
+# plan knows the true visible token count after every delta.
+_ANSWER = (
     "The bicycle began as a wooden running machine in 1817, pushed along by the "
     "rider's feet. Pedals on the front wheel came in the 1860s, then the tall "
     "penny-farthing, and at last the safety bicycle with a chain and two equal "
-    "wheels, which made riding cheap and safe for almost everyone."
+    "wheels, which made riding cheap and safe for almost everyone. By 1895 some "
+    "factories (Coventry, Chicago, Saint-Etienne) built 1,200 a week; tyres were "
+    "pneumatic, brakes reliable - and cycling clubs extraordinarily popular! "
 )
-_WORDS = tuple(_TEXT.split(" "))
+_REASONING = (
+    "The user wants history in plain English. Keep it chronological: running "
+    "machine, pedals, penny-farthing, safety bicycle. Tone: warm; avoid jargon. "
+)
+
+
+@functools.lru_cache(maxsize=4)
+def _source_tokens(text: str) -> tuple[int, ...]:
+    """`text` repeated past any budget, as cl100k_base token ids."""
+    encoded = visible_tokens.encoding().encode(text)
+    return tuple(encoded * (16384 // len(encoded) + 1))
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,8 @@ class ModelBehaviour:
     ttft: float = 0.2  # seconds from request received to the first content delta
     gap: float = 0.02  # seconds between content deltas
     tokens_per_delta: int = 2
+    # Tokens in each delta in turn, repeated (varied sizes); empty: tokens_per_delta each.
+    delta_tokens: tuple[int, ...] = ()
     output_tokens: int = 64  # visible text tokens the model would write unbounded
     reasoning_tokens: int = 0  # reasoning tokens written before any text
     input_tokens: int = 18
@@ -111,6 +133,9 @@ class ModelBehaviour:
                 f"unknown stream_error {self.stream_error!r}; known: {sorted(STREAM_ERRORS)}")
         if self.tokens_per_delta < 1:
             raise ValueError("tokens_per_delta must be at least 1")
+        object.__setattr__(self, "delta_tokens", tuple(self.delta_tokens))
+        if any(not isinstance(n, int) or n < 1 for n in self.delta_tokens):
+            raise ValueError("delta_tokens must hold whole numbers of at least 1")
         if min(self.ttft, self.gap, self.stall_seconds) < 0:
             raise ValueError("ttft, gap and stall_seconds cannot be negative")
         object.__setattr__(self, "output_modalities", tuple(self.output_modalities))
@@ -123,8 +148,10 @@ class Delta:
     at: float
     kind: str  # "text" or "reasoning"
     text: str
-    tokens: int
+    tokens: int  # tokens generated for it (what usage adds up)
     block: int
+    # cl100k_base tokens of all the visible text up to and including this delta.
+    visible_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -135,6 +162,37 @@ class StreamPlan:
     stop_reason: str
     input_tokens: int
     output_tokens: int
+
+    @property
+    def visible_output_tokens(self) -> int:
+        """cl100k_base tokens of the whole visible text."""
+        return self.deltas[-1].visible_total if self.deltas else 0
+
+    @property
+    def reasoning_tokens(self) -> int | None:
+        """cl100k_base tokens of the whole reasoning text; None when no reasoning is sent."""
+        reasoning = "".join(d.text for d in self.deltas if d.kind == "reasoning")
+        return visible_tokens.count(reasoning) if reasoning else None
+
+    @property
+    def mark_delta(self) -> int | None:
+        """Index of the delta that carries the 64th visible token; None if fewer are sent."""
+        return next((i for i, d in enumerate(self.deltas) if d.kind == "text"
+                     and d.visible_total >= visible_tokens.VISIBLE_TOKEN_MARK), None)
+
+    @property
+    def time_to_64_visible_tokens(self) -> float | None:
+        """Offset of the delta that carries the 64th visible token; None if fewer are sent."""
+        i = self.mark_delta
+        return None if i is None else self.deltas[i].at
+
+    def visible_tokens_per_delta(self) -> list[int]:
+        """The true number of visible tokens each delta adds (0 for reasoning deltas)."""
+        counts, before = [], 0
+        for d in self.deltas:
+            counts.append(d.visible_total - before)
+            before = d.visible_total
+        return counts
 
     @property
     def time_to_first_token(self) -> float | None:
@@ -212,34 +270,35 @@ class SimulatorConfig:
 
     def plan(self, model_id: str, max_tokens: int) -> StreamPlan:
         """The deltas a successful call of `model_id` with `max_tokens` sends, with offsets."""
-        b = self.models[model_id]
-        budget = max(0, max_tokens)
-        reasoning = min(b.reasoning_tokens, budget)
-        text = min(b.output_tokens, budget - reasoning)
-        deltas: list[Delta] = []
-        words = _word_source()
-        for kind, count, block in (("reasoning", reasoning, 0),
-                                   ("text", text, 1 if reasoning else 0)):
-            left = count
-            while left > 0:
-                n = min(b.tokens_per_delta, left)
-                chunk = "".join(next(words) for _ in range(n))
-                deltas.append(Delta(b.ttft + len(deltas) * b.gap, kind, chunk, n, block))
-                left -= n
-        truncated = b.reasoning_tokens + b.output_tokens > budget
-        return StreamPlan(
-            deltas=tuple(deltas),
-            stop_reason="max_tokens" if truncated else "end_turn",
-            input_tokens=b.input_tokens,
-            output_tokens=reasoning + text,
-        )
+        return _plan(self.models[model_id], max(0, max_tokens))
 
 
-def _word_source() -> Iterator[str]:
-    i = 0
-    while True:
-        yield _WORDS[i % len(_WORDS)] + " "
-        i += 1
+@functools.lru_cache(maxsize=256)
+def _plan(b: ModelBehaviour, budget: int) -> StreamPlan:
+    reasoning = min(b.reasoning_tokens, budget)
+    text = min(b.output_tokens, budget - reasoning)
+    encoding = visible_tokens.encoding()
+    sizes = itertools.cycle(b.delta_tokens or (b.tokens_per_delta,))
+    deltas: list[Delta] = []
+    shown = ""
+    for kind, count, block, source in (("reasoning", reasoning, 0, _REASONING),
+                                       ("text", text, 1 if reasoning else 0, _ANSWER)):
+        tokens, taken = _source_tokens(source), 0
+        while taken < count:
+            n = min(next(sizes), count - taken)
+            chunk = encoding.decode(list(tokens[taken:taken + n]))
+            taken += n
+            if kind == "text":
+                shown += chunk
+            deltas.append(Delta(b.ttft + len(deltas) * b.gap, kind, chunk, n, block,
+                                visible_tokens.count(shown)))
+    truncated = b.reasoning_tokens + b.output_tokens > budget
+    return StreamPlan(
+        deltas=tuple(deltas),
+        stop_reason="max_tokens" if truncated else "end_turn",
+        input_tokens=b.input_tokens,
+        output_tokens=reasoning + text,
+    )
 
 
 class SimulatorServer(ThreadingHTTPServer):
@@ -255,6 +314,11 @@ class SimulatorServer(ThreadingHTTPServer):
         self.calls: Counter[str] = Counter()
         self.connections = 0
         self.streams: OrderedDict[str, dict[str, float]] = OrderedDict()
+        # Plans count tokens after every delta; make the profiles' ones now, not inside a call.
+        for model_id, behaviour in config.models.items():
+            if behaviour.error is None:
+                for budget in PLANNED_BUDGETS:
+                    config.plan(model_id, budget)
         super().__init__(address, _Handler)
 
     def count_call(self, model_id: str) -> int:
@@ -271,7 +335,7 @@ class SimulatorServer(ThreadingHTTPServer):
     def record_stream(self, request_id: str, lateness: list[tuple[str, float]]) -> None:
         """Keep how late a completed stream's deltas left against its plan (seconds)."""
         # A benchmark uses it to tell this process's scheduling delays from the runner's error.
-        deltas = [(kind, late) for kind, late in lateness if kind != "end"]
+        deltas = [(kind, late) for kind, late in lateness if kind in ("text", "reasoning")]
         if not deltas:
             return
         first_text = next((late for kind, late in deltas if kind == "text"), None)
@@ -279,6 +343,9 @@ class SimulatorServer(ThreadingHTTPServer):
                  "max": max(late for _, late in deltas), "end": lateness[-1][1]}
         if first_text is not None:
             entry["first_text"] = first_text
+        mark = next((late for kind, late in lateness if kind == "mark"), None)
+        if mark is not None:
+            entry["visible_64"] = mark
         with self._lock:
             self.streams[request_id] = entry
             while len(self.streams) > STREAMS_KEPT:
@@ -430,6 +497,7 @@ class _Handler(BaseHTTPRequestHandler):
                        faulty: bool) -> bool:
         """Send the planned deltas and block stops; False when a fault ended the stream."""
         stalled = 0.0
+        mark = plan.mark_delta
         for i, delta in enumerate(plan.deltas):
             if faulty and b.stream_error and i == b.error_after_deltas:
                 self._write_chunk(eventstream.encode_exception(
@@ -449,8 +517,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._write_chunk(eventstream.encode_event("contentBlockDelta", payload,
                                                        corrupt=corrupt))
             # How late this delta left against the plan (a busy machine delays it).
-            self._lateness.append(
-                (delta.kind, time.perf_counter() - (received + stalled + delta.at)))
+            late = time.perf_counter() - (received + stalled + delta.at)
+            self._lateness.append((delta.kind, late))
+            if i == mark:
+                self._lateness.append(("mark", late))
             if corrupt:
                 return False
         if faulty and b.stream_error and b.error_after_deltas >= len(plan.deltas):

@@ -276,6 +276,19 @@ def shown(value: Any) -> Any:
     return value
 
 
+def dashboard_line(doc: dict[str, Any]) -> str:
+    """One stored result's schema v2 figures, as the dashboard reads them."""
+    reached = doc.get("time_to_64_visible_tokens_seconds")
+    delivered = f"{64 / reached:7.1f} tok/s" if reached else "   none (under 64 visible)"
+    return (f"{doc['model_name']:<24} {doc.get('benchmark_profile_id', '-'):<18} "
+            f"{doc.get('sample_role', 'published'):<9} "
+            f"tokens {doc.get('generated_output_tokens')}/{doc.get('visible_output_tokens')}/"
+            f"{doc.get('reasoning_tokens') or 0}  "
+            f"visible {doc.get('visible_tokens_per_second') or 0:6.1f} tok/s  "
+            f"time to 64 {reached if reached is None else round(reached, 3)}  "
+            f"delivered {delivered}")
+
+
 def outbox_files(state_dir: Path, folder: str) -> list[Path]:
     """Record files in one outbox folder (sidecars excluded)."""
     directory = state_dir / "outbox" / folder
@@ -295,6 +308,10 @@ def report(mongo_uri: str, models: list[str], failing: set[str], state_dir: Path
     if results:
         print(f"\none stored result ({results[0]['model_name']}):")
         print(json.dumps(shown(results[0]), indent=2, default=str))
+        print("\nthe dashboard's fields (tokens: generated / visible / reasoning; "
+              "Delivered TPS = 64 / time to 64 visible tokens):")
+        for doc in results:
+            print("  " + dashboard_line(doc))
     if errors:
         print("\nfailure records:")
         for doc in errors:

@@ -410,3 +410,81 @@ def test_credentials_that_cannot_refresh_are_an_auth_failure_and_nothing_is_call
     assert failure.exc_type == "CredentialRetrievalError"
     assert "metadata unreachable" in failure.message
     assert failure.attempts == 0 == sim.calls("m")
+
+
+# The dashboard's schema v2 fields, against the simulator's truth under cl100k_base.
+TOLERANCE_64 = 0.025  # time_to_64_visible_tokens_seconds within 25 ms of when it was sent
+LONG = Profile(max_tokens=512, profile_id="cloud-long-v1")
+
+
+def _assert_time_to_64(result: Result, sim, model_id: str, profile: Profile) -> None:
+    plan = sim.config.plan(model_id, profile.max_tokens)
+    late = sim.stats()["streams"][result.request_id]
+    assert plan.time_to_64_visible_tokens is not None
+    truth = plan.time_to_64_visible_tokens + late["visible_64"]
+    assert result.time_to_64_visible_tokens_seconds is not None
+    assert abs(result.time_to_64_visible_tokens_seconds - truth) <= TOLERANCE_64, (
+        result.time_to_64_visible_tokens_seconds, truth)
+
+
+def test_schema_v2_fields_match_the_truth_for_deltas_of_varied_sizes(provider_for):
+    model = ModelBehaviour(ttft=0.1, gap=0.01, delta_tokens=(1, 3, 2, 7, 4, 1, 5),
+                           output_tokens=300)
+    sim, provider = provider_for({"sim.varied": model})
+    result = _result(provider.measure("sim.varied", LONG))
+    plan = sim.config.plan("sim.varied", LONG.max_tokens)
+    # The 64th visible token is not the 64th delta, nor in the 64th-token-th delta by usage.
+    assert plan.visible_tokens_per_delta()[:7] != [1] * 7
+    assert result.metrics_schema_version == 2
+    assert result.request_mode == "bedrock_converse_stream"
+    assert result.ttft_available is True
+    assert result.generated_output_tokens == plan.output_tokens == result.output_tokens
+    # No reasoning: every generated token was visible, and usage's exact count stands.
+    assert result.visible_output_tokens == plan.output_tokens
+    assert result.reasoning_tokens is None
+    assert result.generated_tokens_per_second == pytest.approx(300 / result.generate_time)
+    assert result.visible_tokens_per_second == pytest.approx(300 / result.generate_time)
+    _assert_time_to_64(result, sim, "sim.varied", LONG)
+
+
+def test_reasoning_deltas_are_counted_apart_and_never_advance_the_visible_clock(provider_for):
+    model = ModelBehaviour(ttft=0.1, gap=0.01, delta_tokens=(2, 5, 1, 3),
+                           reasoning_tokens=90, output_tokens=150)
+    sim, provider = provider_for({"us.sim.thinker": model})
+    result = _result(provider.measure("us.sim.thinker", LONG))
+    plan = sim.config.plan("us.sim.thinker", LONG.max_tokens)
+    # Usage counts reasoning too; visible and reasoning tokens are the text's cl100k_base count.
+    assert result.generated_output_tokens == plan.output_tokens == 240
+    assert result.visible_output_tokens == plan.visible_output_tokens
+    assert result.reasoning_tokens == plan.reasoning_tokens
+    assert result.reasoning_tokens > 64  # the clock would have crossed on reasoning alone
+    assert result.visible_tokens_per_second == pytest.approx(
+        plan.visible_output_tokens / result.generate_time)
+    # The mark falls inside the text: after every reasoning delta, at the right text delta.
+    first_text = plan.time_to_first_token
+    assert plan.time_to_64_visible_tokens > first_text
+    _assert_time_to_64(result, sim, "us.sim.thinker", LONG)
+
+
+def test_fewer_than_64_visible_tokens_leave_time_to_64_null(provider_for):
+    model = ModelBehaviour(ttft=0.1, gap=0.01, tokens_per_delta=4, reasoning_tokens=80,
+                           output_tokens=40)
+    sim, provider = provider_for({"us.sim.brief": model})
+    result = _result(provider.measure("us.sim.brief", LONG))
+    plan = sim.config.plan("us.sim.brief", LONG.max_tokens)
+    assert plan.time_to_64_visible_tokens is None
+    assert result.time_to_64_visible_tokens_seconds is None
+    assert result.to_payload()["time_to_64_visible_tokens_seconds"] is None
+    assert result.visible_output_tokens == plan.visible_output_tokens < 64
+    assert result.output_tokens == 120
+
+
+def test_without_usage_visible_tokens_are_counted_from_the_text(provider_for):
+    model = ModelBehaviour(ttft=0.1, gap=0.01, delta_tokens=(3, 1, 6), output_tokens=100,
+                           send_usage=False)
+    sim, provider = provider_for({"sim.quiet": model})
+    result = _result(provider.measure("sim.quiet", LONG))
+    plan = sim.config.plan("sim.quiet", LONG.max_tokens)
+    assert result.token_source == "stream_chunks"
+    assert result.visible_output_tokens == plan.visible_output_tokens
+    _assert_time_to_64(result, sim, "sim.quiet", LONG)

@@ -215,6 +215,19 @@ def test_a_run_stores_results_and_failures_with_the_contracts_fields_and_types(
             assert doc["tokens_per_second"] == pytest.approx(
                 doc["output_tokens"] / doc["generate_time"])
             assert doc["time_to_first_token"] > 0
+            # The dashboard's schema v2 fields, in the types it reads.
+            assert doc["metrics_schema_version"] == 2
+            assert doc["request_mode"] == "bedrock_converse_stream"
+            assert doc["ttft_available"] is True
+            assert doc["generated_output_tokens"] == doc["visible_output_tokens"] == \
+                doc["output_tokens"]
+            assert doc["visible_tokens_per_second"] == pytest.approx(
+                doc["visible_output_tokens"] / doc["generate_time"])
+            assert isinstance(doc["generated_tokens_per_second"], float)
+            # Fewer than 64 visible tokens: an explicit null, not a missing field.
+            assert "time_to_64_visible_tokens_seconds" in doc
+            assert doc["time_to_64_visible_tokens_seconds"] is None
+            assert (doc["sample_role"], doc["protocol_version"]) == ("published", 1)
             assert str(uuid.UUID(doc["result_id"])) == doc["result_id"]
             # What was sent is what was stored (dates at BSON's millisecond precision).
             payload = sent[doc["result_id"]]

@@ -50,6 +50,9 @@ def test_a_full_runner_result_passes_the_schema():
         time_to_first_token=1.2, time_to_first_any_token=0.3, decode_tokens_per_second=48.0,
         server_latency_ms=2400, stop_reason="max_tokens", request_id="abc", attempts=2,
         chunk_count=30, reasoning_tokens=12, misc={"note": "warm", "n": [1, 2.5]},
+        ttft_available=True, generated_output_tokens=64, visible_output_tokens=52,
+        generated_tokens_per_second=25.6, visible_tokens_per_second=20.8,
+        time_to_64_visible_tokens_seconds=None,
     )
     loaded = RESULT_SCHEMA.load(record.to_payload())
     assert set(loaded) == set(contract.RESULT_FIELDS)
