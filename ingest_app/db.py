@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 EXTENSION = "bench_ingest.db"
 # A collection dropped by hand loses its unique index; look again this often (a no-op if present).
 INDEX_RECHECK_SECONDS = 60.0
+# How long a read waits for one of its worker's read slots before a 503.
+READ_SLOT_WAIT_SECONDS = 0.5
 
 # MongoDB's default index names (result_id_1, ...), so an index someone already made by
 # hand with the same keys is recognised instead of clashing by name.
@@ -357,7 +359,9 @@ def bounded(*, guarded: bool = True, read: bool = False) -> Iterator[None]:
         with _bounded(guards.write, guarded):
             yield
         return
-    if not guards.read_slots.acquire(blocking=False):
+    # A short wait lets light reads (milliseconds each) queue, while a heavy reader's
+    # excess is sent away before it holds a thread long enough to cost a write.
+    if not guards.read_slots.acquire(timeout=READ_SLOT_WAIT_SECONDS):
         raise read_busy()
     try:
         with _bounded(guards.read, guarded):
