@@ -15,8 +15,9 @@ bind = os.environ.get("GUNICORN_BIND") or (
     f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT") else "127.0.0.1:8000"
 )
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# Threads keep other clients served while one sends its body slowly.
-worker_class = "gthread"
+# gthread, with headers gathered without a thread and each request bounded in time as a
+# whole (INGEST_REQUEST_TIMEOUT_SECONDS): slow clients cannot hold every thread.
+worker_class = "ingest_app.worker.BoundedThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 # Well above the app's own 5 s cap on every database call, so a hung database never
 # gets a worker killed: the app answers 503 first.

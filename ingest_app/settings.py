@@ -60,6 +60,9 @@ class Settings:
     auth_failure_limit_per_minute: int = 60
     # A client that stops sending its body is cut off after this long, freeing the thread.
     body_timeout_seconds: float = 10.0
+    # A request's headers and body must all arrive within this long of its first byte
+    # (the gunicorn worker enforces it, ingest_app/worker.py); past it 408 or 400.
+    request_timeout_seconds: float = 20.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -116,6 +119,8 @@ class Settings:
         body_timeout = _parse_number(env, "INGEST_BODY_TIMEOUT_SECONDS", float,
                                      cls.body_timeout_seconds, 0.5, 120, problems)
 
+        request_timeout = _parse_number(env, "INGEST_REQUEST_TIMEOUT_SECONDS", float,
+                                        cls.request_timeout_seconds, 1, 600, problems)
         if problems:
             raise SettingsError("invalid ingest settings: " + "; ".join(problems))
         return cls(
@@ -136,6 +141,7 @@ class Settings:
             rate_limit_per_minute=rate_limit,
             auth_failure_limit_per_minute=auth_failures,
             body_timeout_seconds=body_timeout,
+            request_timeout_seconds=request_timeout,
         )
 
 

@@ -129,8 +129,11 @@ class Gunicorn:
 def spawn_gunicorn(
     env: dict[str, str], *, port: int, workdir: Path, workers: int = 2, timeout: int = 30,
     threads: int = 4, app: str = "ingest_app:create_app()", log_name: str = "gunicorn.log",
+    extra_args: tuple[str, ...] = (),
 ) -> Gunicorn:
     """Start `app` under gunicorn with the repo's config on 127.0.0.1:`port`; do not wait.
+
+    `extra_args` go on gunicorn's command line, where they override the config file.
 
     The master leads its own process group (its pid), so the group outlives a killed master
     and `stop_gunicorn` can still reach workers left behind. The log is appended to, so a
@@ -152,7 +155,8 @@ def spawn_gunicorn(
     log_path = Path(workdir, log_name)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), app],
+            [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"),
+             *extra_args, app],
             cwd=REPO, env=child_env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -162,12 +166,13 @@ def spawn_gunicorn(
 @contextlib.contextmanager
 def start_gunicorn(
     env: dict[str, str], *, workers: int = 2, timeout: int = 30, threads: int = 4,
-    app: str = "ingest_app:create_app()",
+    app: str = "ingest_app:create_app()", extra_args: tuple[str, ...] = (),
 ) -> Iterator[Gunicorn]:
     """Run `app` under gunicorn with the repo's config on a free loopback port; stop it after."""
     with tempfile.TemporaryDirectory(prefix="gunicorn-test-") as tmp:
         server = spawn_gunicorn(env, port=free_port(), workdir=Path(tmp), workers=workers,
-                                timeout=timeout, threads=threads, app=app)
+                                timeout=timeout, threads=threads, app=app,
+                                extra_args=extra_args)
         try:
             wait_healthy(server)
             yield server
