@@ -537,10 +537,12 @@ def simulate(host: str, port: int, config_path: Path | None) -> None:
         except (OSError, ValueError, TypeError) as exc:
             raise click.ClickException(
                 f"cannot use the simulator config {config_path}: {exc}") from None
-    click.echo(f"export AWS_ENDPOINT_URL_BEDROCK_RUNTIME=http://{host}:{port} "
-               f"AWS_ENDPOINT_URL_BEDROCK=http://{host}:{port}", err=True)
+    def announce(url: str) -> None:
+        click.echo(f"export AWS_ENDPOINT_URL_BEDROCK_RUNTIME={url} AWS_ENDPOINT_URL_BEDROCK={url}",
+                   err=True)
+
     try:
-        run(host, port, config_path)
+        run(host, port, config_path, on_listening=announce)
     except OSError as exc:  # the bind: the address is taken or not ours
         raise click.ClickException(f"cannot listen on {host}:{port}: "
                                    f"{exc.strerror or exc}; pick another --port") from None

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -640,8 +640,13 @@ def make_server(host: str, port: int, config: SimulatorConfig) -> SimulatorServe
     return SimulatorServer((host, port), config)
 
 
-def run(host: str, port: int, config_path: Path | None) -> None:
-    """Serve until SIGINT or SIGTERM, logging one line with the endpoint URL."""
+def run(host: str, port: int, config_path: Path | None,
+        on_listening: Callable[[str], None] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, logging one line with the endpoint URL.
+
+    `on_listening` gets the URL once the socket is bound, so with port 0 it is the
+    port the kernel picked, not 0.
+    """
     config = SimulatorConfig.from_file(config_path) if config_path else SimulatorConfig.default()
     server = make_server(host, port, config)
     stop = threading.Event()
@@ -652,6 +657,8 @@ def run(host: str, port: int, config_path: Path | None) -> None:
     bound_host, bound_port = server.server_address[:2]
     log.info("Bedrock simulator listening on http://%s:%s (models: %s)",
              bound_host, bound_port, ", ".join(config.models))
+    if on_listening is not None:
+        on_listening(f"http://{bound_host}:{bound_port}")
     try:
         while not stop.wait(0.5):
             pass

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -299,6 +301,31 @@ def test_simulate_serves_until_sigterm(tmp_path):
             proc.communicate()
     assert proc.returncode == 0
     assert f"AWS_ENDPOINT_URL_BEDROCK_RUNTIME=http://127.0.0.1:{port}" in err
+
+
+def test_simulate_on_port_0_tells_the_port_the_kernel_picked():
+    proc = subprocess.Popen([BENCH_RUNNER, "simulate", "--port", "0"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A simulator that never speaks is killed, which ends the reads below: no hang.
+    killer = threading.Timer(15, proc.kill)
+    killer.start()
+    try:
+        line = proc.stderr.readline()
+        while "export AWS_ENDPOINT_URL" not in line and line:
+            line = proc.stderr.readline()
+        match = re.search(r"AWS_ENDPOINT_URL_BEDROCK_RUNTIME=http://127\.0\.0\.1:(\d+) "
+                          r"AWS_ENDPOINT_URL_BEDROCK=http://127\.0\.0\.1:(\d+)", line)
+        assert match, line
+        assert match.group(1) == match.group(2) != "0"
+        wait_for_port("127.0.0.1", int(match.group(1)), timeout=5)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    finally:
+        killer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
 
 
 # -- daemon -----------------------------------------------------------------------------
