@@ -18,7 +18,7 @@ import os
 
 import pytest
 
-from tests.support.soak import FAULTS, SoakConfig, run_soak, seed_from_env
+from tests.support.soak import FAULTS, TARGET, SoakConfig, plan_faults, run_soak, seed_from_env
 
 DEFAULT_SEED = 8
 
@@ -45,4 +45,21 @@ def test_every_record_the_outbox_held_is_stored_once_after_a_chaos_soak(tmp_path
     assert report.dead == [], report.details()
     assert report.pending == 0, report.details()
     assert report.daemon_exit == 0, report.details()
+    # The app answered outages with 503 and nothing with another 5xx.
+    assert report.statuses[503] >= 1 and report.server_errors == 0, report.details()
     assert report.ok, report.details()
+
+
+def test_a_seed_fixes_the_fault_schedule_and_it_plays_every_kind():
+    # The replay promise: the same seed, the same faults at the same offsets.
+    schedule = plan_faults(DEFAULT_SEED, 30.0, 2.0)
+    assert plan_faults(DEFAULT_SEED, 30.0, 2.0) == schedule
+    assert plan_faults(DEFAULT_SEED + 1, 30.0, 2.0) != schedule
+    assert {fault.kind for fault in schedule} == set(FAULTS)
+    assert all(0 < fault.at < 30.0 for fault in schedule)
+    # A target is never hit again before it is back and settled.
+    back_at: dict[str, float] = {}
+    for fault in schedule:
+        target = TARGET[fault.kind]
+        assert fault.at >= back_at.get(target, 0.0), fault
+        back_at[target] = fault.at + fault.downtime

@@ -68,6 +68,8 @@ _FILE_NAME = re.compile(r"^\d{20}-(result|error)-([0-9a-f-]{36})\.json$")
 _LOG_LINE = re.compile(
     r"outbox (?:queued|delivered|dead-lettered) kind=(result|error) id=([0-9a-f-]{36})"
     r"|outbox retry later id=([0-9a-f-]{36})")
+# gunicorn's access line: ... "POST /ingest/batch HTTP/1.1" 503 ...
+_ACCESS_STATUS = re.compile(r'"[A-Z]+ (\S+) HTTP/1\.[01]" (\d{3}) ')
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,8 @@ class SoakReport:
     unseen: list[str] = field(default_factory=list)  # stored, never seen in the outbox
     dead: list[str] = field(default_factory=list)  # dead/ files with their reasons
     pending: int = 0
+    # Answers the app gave during the faults, by status; a 500 is a bug (an outage is a 503).
+    statuses: Counter = field(default_factory=Counter)
     left_for_flush: int = 0  # pending when the daemon stopped, for `outbox flush` to deliver
     flushes: int = 0
     runner_starts: int = 0
@@ -154,7 +158,13 @@ class SoakReport:
     def ok(self) -> bool:
         """The promise held and the soak did something."""
         return (self.results > 0 and not self.duplicates and not self.lost and not self.unseen
-                and not self.dead and not self.pending and self.daemon_exit == 0)
+                and not self.dead and not self.pending and self.daemon_exit == 0
+                and not self.server_errors)
+
+    @property
+    def server_errors(self) -> int:
+        """Answers with a 5xx other than 503 (the app's only answer to an outage)."""
+        return sum(n for status, n in self.statuses.items() if status >= 500 and status != 503)
 
     def line(self) -> str:
         """Seed, kills by kind and the counts, in one line."""
@@ -162,7 +172,8 @@ class SoakReport:
         return (f"soak seed={self.seed} seconds={self.seconds:.0f} {kills} "
                 f"results={self.results} errors={self.errors} duplicates={self.duplicates} "
                 f"lost={len(self.lost)} unseen={len(self.unseen)} dead={len(self.dead)} "
-                f"pending={self.pending} left_for_flush={self.left_for_flush} "
+                f"pending={self.pending} http_503={self.statuses[503]} "
+                f"http_5xx_other={self.server_errors} left_for_flush={self.left_for_flush} "
                 f"flushes={self.flushes} runner_starts={self.runner_starts} "
                 f"daemon_exit={self.daemon_exit} {'OK' if self.ok else 'FAILED'}")
 
@@ -174,6 +185,8 @@ class SoakReport:
         if self.unseen:
             parts.append(f"stored but never in the outbox: {', '.join(self.unseen[:10])}")
         parts.extend(f"dead: {d}" for d in self.dead[:10])
+        if self.server_errors:
+            parts.append(f"answers by status: {dict(sorted(self.statuses.items()))}")
         parts.extend(self.notes)
         return "\n".join(parts)
 
@@ -259,6 +272,10 @@ class Soak:
         sim_config, self.models = simulator_config(config.models)
         self._sim_config = sim_config
         self.watcher = OutboxWatcher(self.state)
+        # Held while a process is started and registered, so that once close() has run no
+        # restore thread still on its way can start one that nobody stops.
+        self._spawning = threading.Lock()
+        self.closed = False
 
     # -- the processes ----------------------------------------------------------------
 
@@ -280,6 +297,8 @@ class Soak:
 
     def close(self) -> None:
         """Stop every process this soak started, whatever state it is in."""
+        with self._spawning:
+            self.closed = True
         for proc in self.runners:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -306,8 +325,10 @@ class Soak:
 
     def start_app(self) -> None:
         """Start a gunicorn master on the app's port and wait until it answers."""
-        self.app = spawn_gunicorn(self.app_env(), port=self.app_port, workdir=self.logs)
-        self.masters.append(self.app)
+        with self._spawning:
+            self._refuse_if_closed()
+            self.app = spawn_gunicorn(self.app_env(), port=self.app_port, workdir=self.logs)
+            self.masters.append(self.app)
         # gunicorn retries a bind that a departing worker still holds; wait past that.
         wait_healthy(self.app, limit=30.0)
 
@@ -326,17 +347,23 @@ class Soak:
 
     def start_runner(self) -> None:
         """Start a `bench-runner daemon` on the soak's models, logging to a file of its own."""
-        self.report.runner_starts += 1
-        log_path = self.logs / f"runner-{self.report.runner_starts}.log"
-        self.runner_logs.append(log_path)
-        with open(log_path, "wb") as log:
-            self.runner = subprocess.Popen(
-                [BENCH_RUNNER, "daemon", "--interval", str(self.config.interval_minutes),
-                 "--log-level", "info", "--models", ",".join(self.models),
-                 "--concurrency", str(self.config.concurrency), "--call-timeout", "10"],
-                env=self.runner_env(), stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        self.runners.append(self.runner)
+        with self._spawning:
+            self._refuse_if_closed()
+            self.report.runner_starts += 1
+            log_path = self.logs / f"runner-{self.report.runner_starts}.log"
+            self.runner_logs.append(log_path)
+            with open(log_path, "wb") as log:
+                self.runner = subprocess.Popen(
+                    [BENCH_RUNNER, "daemon", "--interval", str(self.config.interval_minutes),
+                     "--log-level", "info", "--models", ",".join(self.models),
+                     "--concurrency", str(self.config.concurrency), "--call-timeout", "10"],
+                    env=self.runner_env(), stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True)
+            self.runners.append(self.runner)
+
+    def _refuse_if_closed(self) -> None:
+        if self.closed:
+            raise RuntimeError("the soak is over: nothing more is started")
 
     # -- faults -----------------------------------------------------------------------
 
@@ -365,7 +392,9 @@ class Soak:
     def restore(self, fault: Fault) -> None:
         """Bring back what a fault took down."""
         if fault.kind == "kill_db":
-            self.db.start()
+            with self._spawning:  # its start waits for a ping: close() waits that long too
+                self._refuse_if_closed()
+                self.db.start()
         elif fault.kind == "freeze_db":
             self.db.thaw()
             self.frozen = False
@@ -494,6 +523,9 @@ class Soak:
             report.duplicates += max(0, copies - 1)
         for kind, counts in stored.items():
             report.unseen.extend(f"{kind} {i}" for i in sorted(counts) if i not in seen)
+        for master_log in {m.log_path for m in self.masters}:
+            for match in _ACCESS_STATUS.finditer(master_log.read_text(errors="replace")):
+                report.statuses[int(match[2])] += 1
         outbox = self.state / "outbox"
         report.pending = sum(1 for p in (outbox / "pending").glob("*.json"))
         for path in sorted((outbox / "dead").glob("*.json")):
