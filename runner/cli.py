@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,32 +23,39 @@ from . import settings as cfg
 
 if TYPE_CHECKING:
     from .cycle import CycleReport, ModelOutcome
-
+    from .outbox import DrainReport
 
 
 class ExitCode(IntEnum):
-    """What `once` and `outbox flush` exit with; the most serious problem wins."""
+    """What `once` and `outbox flush` exit with; the most serious problem wins.
 
-    OK = 0
-    ERROR = 1
-    CONFIG = 2
-    MODEL_FAILED = 3
-    PENDING = 4
-    DEAD = 5
-    OUTBOX_FULL = 6
-    AUTH = 7
+    Each code carries its help line, so the table in `--help` is this enum.
+    """
+
+    OK = 0, "every model measured and everything delivered"
+    ERROR = 1, "unexpected error"
+    CONFIG = 2, "configuration error (nothing was called)"
+    MODEL_FAILED = 3, "some model failed (its failure was delivered)"
+    PENDING = 4, "records wait in the outbox (ingest API unreachable)"
+    DEAD = 5, "the ingest API refused records for good (see `outbox status`)"
+    OUTBOX_FULL = 6, "outbox over its bound or disk full: nothing new measured"
+    AUTH = 7, f"the ingest API refused the key: check {cfg.ENV_API_KEY}"
+
+    help: str
+
+    def __new__(cls, value: int, help_text: str) -> ExitCode:
+        member = int.__new__(cls, value)
+        member._value_ = value
+        member.help = help_text
+        return member
 
 
-EXIT_CODE_HELP = {
-    ExitCode.OK: "every model measured and everything delivered",
-    ExitCode.ERROR: "unexpected error",
-    ExitCode.CONFIG: "configuration error (nothing was called)",
-    ExitCode.MODEL_FAILED: "some model failed (its failure was delivered)",
-    ExitCode.PENDING: "records wait in the outbox (ingest API unreachable)",
-    ExitCode.DEAD: "the ingest API refused records for good (see `outbox status`)",
-    ExitCode.OUTBOX_FULL: "outbox over its bound or disk full: nothing new measured",
-    ExitCode.AUTH: "the ingest API refused the key: check INGEST_API_KEY",
-}
+def exit_codes_text(codes: Iterable[ExitCode] = ExitCode,
+                    meaning: Mapping[ExitCode, str] | None = None) -> str:
+    """The exit-code table of a command's help, from ExitCode (`meaning` rewords a line)."""
+    meaning = meaning or {}
+    return "\b\nExit codes:\n" + "\n".join(
+        f"  {int(code)}  {meaning.get(code, code.help)}" for code in codes)
 
 
 def exit_code(report: CycleReport) -> ExitCode:
@@ -56,21 +64,28 @@ def exit_code(report: CycleReport) -> ExitCode:
         return ExitCode.CONFIG
     if report.cycle_error:
         return ExitCode.ERROR
-    if report.delivery.auth_refused:
-        return ExitCode.AUTH
-    if report.outbox_full or report.lost:
-        return ExitCode.OUTBOX_FULL
-    if report.delivery.dead or report.refused_at_queue:
-        return ExitCode.DEAD
-    if report.pending or report.delivery.busy:
-        return ExitCode.PENDING
-    if report.failed:
-        return ExitCode.MODEL_FAILED
-    return ExitCode.OK
+    return _most_serious(auth=report.delivery.auth_refused,
+                         full=bool(report.outbox_full or report.lost),
+                         dead=bool(report.delivery.dead or report.refused_at_queue),
+                         pending=bool(report.pending or report.delivery.busy),
+                         failed=report.failed)
+
+
+def drain_exit_code(report: DrainReport) -> ExitCode:
+    """The most serious problem of an `outbox flush`, ranked as a cycle's are."""
+    return _most_serious(auth=report.auth_refused, dead=bool(report.dead),
+                         pending=bool(report.pending_left or report.busy))
+
+
+def _most_serious(*, auth: bool, dead: bool, pending: bool, full: bool = False,
+                  failed: bool = False) -> ExitCode:
+    ranked = ((ExitCode.AUTH, auth), (ExitCode.OUTBOX_FULL, full), (ExitCode.DEAD, dead),
+              (ExitCode.PENDING, pending), (ExitCode.MODEL_FAILED, failed))
+    return next((code for code, found in ranked if found), ExitCode.OK)
+
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
-EXIT_CODES_TEXT = "\b\nExit codes:\n" + "\n".join(
-    f"  {int(code)}  {text}" for code, text in EXIT_CODE_HELP.items())
+EXIT_CODES_TEXT = exit_codes_text()
 KEY_TEXT = (f"The ingest API key is read only from the environment ({cfg.ENV_API_KEY}), "
             "never from an option, so it stays out of process listings.")
 
@@ -328,7 +343,10 @@ def _restore_signals(previous: dict[int, Any]) -> None:
         signal.signal(sig, handler)
 
 
-@main.command(epilog=KEY_TEXT)
+@main.command(epilog=exit_codes_text(
+    (ExitCode.OK, ExitCode.CONFIG, ExitCode.AUTH),
+    {ExitCode.OK: "stopped by SIGTERM or SIGINT",
+     ExitCode.CONFIG: "configuration error at start (nothing was called)"}) + "\n\n" + KEY_TEXT)
 @click.option("--interval", type=click.FloatRange(min=0.0), default=60.0,
               envvar="BENCH_RUNNER_INTERVAL", show_envvar=True,
               help="Minutes from the start of one cycle to the start of the next.")
@@ -337,8 +355,8 @@ def _restore_signals(previous: dict[int, Any]) -> None:
 def daemon(interval: float, log_level: str, **opts: Any) -> None:
     """Run a cycle every --interval minutes until SIGTERM or SIGINT (for containers).
 
-    A bad cycle is logged and reported, never fatal. Exits 0 on a clean stop, 2 on a
-    configuration error at start, 7 when the ingest API refuses the key (every later
+    A bad cycle is logged and reported, never fatal. It exits on a clean stop, on a
+    configuration error at start, and when the ingest API refuses the key (every later
     cycle would only dead-letter its records).
     """
     _configure_logging(log_level)
@@ -494,15 +512,7 @@ def flush(ctx: click.Context, now: bool, log_level: str, **opts: Any) -> None:
                f"({report.not_due} waiting for their next attempt)")
     for problem in report.problems:
         click.echo(f"bench-runner: {problem}", err=True)
-    if report.auth_refused:
-        code = ExitCode.AUTH
-    elif report.dead:
-        code = ExitCode.DEAD
-    elif report.pending_left or report.busy:
-        code = ExitCode.PENDING
-    else:
-        code = ExitCode.OK
-    ctx.exit(int(code))
+    ctx.exit(int(drain_exit_code(report)))
 
 
 @outbox.command()
