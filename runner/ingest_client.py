@@ -7,7 +7,10 @@ every payload carries its own id: a resend is stored once (200 duplicate).
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import re
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -15,7 +18,7 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError
+from urllib3.exceptions import HTTPError, InvalidHeader, MaxRetryError
 from urllib3.util.retry import Retry
 
 import bench_contract as contract
@@ -31,6 +34,10 @@ log = logging.getLogger(__name__)
 # database-less API. 500 is a bug on the server: the outbox retries it a few times
 # across drains, then dead-letters it.
 INLINE_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# No answer of the API is near this size (a full batch's is about 30 KB): past it the
+# rest is not read, so a hostile or broken server cannot fill the runner's memory.
+MAX_ANSWER_BYTES = 1 << 20
+_TITLE = re.compile(r"<title>\s*(.*?)\s*</title>", re.IGNORECASE | re.DOTALL)
 # Answers that never change on a resend (docs/contract.md section 2).
 
 
@@ -44,9 +51,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        # `inf`, `nan` and `1e400` are not a time to wait: no Retry-After at all.
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -75,6 +85,15 @@ class _BoundedRetry(Retry):
         if status_code not in INLINE_RETRY_STATUSES:
             return False
         return super().is_retry(method, status_code, has_retry_after)
+
+    def get_retry_after(self, response: Any) -> float | None:
+        # urllib3 raises on a Retry-After it cannot parse (`inf`, `1e400`): that is no
+        # Retry-After, not a reason to lose the answer.
+        try:
+            wait = super().get_retry_after(response)
+        except (InvalidHeader, OverflowError, ValueError):
+            return None
+        return wait if wait is None or math.isfinite(wait) else None
 
     def increment(self, method=None, url=None, response=None, error=None, _pool=None,
                   _stacktrace=None):
@@ -106,7 +125,12 @@ class Answer:
         message = ""
         if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
             message = str(self.body["error"].get("message", ""))
-        return f"HTTP {self.status}" + (f": {message}" if message else "")
+        elif isinstance(self.body, str) and (title := _TITLE.search(self.body[:2000])):
+            # gunicorn's own HTML error page (docs/contract.md section 2): its title says
+            # what it refused; the rest may quote the request, so it is not kept.
+            message = title.group(1)[:200]
+        text = f"HTTP {self.status}" + (f": {message}" if message else "")
+        return text + (f" ({self.error})" if self.error else "")
 
 
 class IngestClient:
@@ -145,20 +169,37 @@ class IngestClient:
         if len(body) > contract.MAX_BODY_BYTES:
             raise BodyTooLarge(
                 f"body of {len(body)} bytes is over the contract's {contract.MAX_BODY_BYTES}")
+        deadline = time.monotonic() + self.settings.http_deadline
+        connect, read = self.settings.http_timeout
         try:
-            # Never follow a redirect: the key would go along to wherever it points.
-            response = self.session.post(url, data=body, timeout=self.settings.http_timeout,
-                                         allow_redirects=False)
+            # Never follow a redirect: the key would go along to wherever it points. The
+            # answer is streamed so that its size and its time can be bounded.
+            response = self.session.post(url, data=body, allow_redirects=False, stream=True,
+                                         timeout=(connect, min(read,
+                                                               self.settings.http_deadline)))
         except requests.RequestException as exc:
             log.warning("ingest unreachable url=%s error=%s", url, type(exc).__name__)
             return Answer(status=None, error=f"{type(exc).__name__}: {_first_line(exc)}")
         try:
-            parsed: Any = response.json()
-        except ValueError:
-            parsed = response.text[:2000]
-        answer = Answer(status=response.status_code, body=parsed,
-                        retry_after=parse_retry_after(response.headers.get("Retry-After")))
-        response.close()
+            raw, problem = _read_bounded(response, deadline, self.settings.http_deadline)
+        finally:
+            response.close()
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if problem == "deadline":
+            # Part of an answer is no answer: whether it was stored is unknown, so the
+            # record waits and is resent (a duplicate is answered 200).
+            answer = Answer(status=None, error=f"the answer took longer than the "
+                                               f"{self.settings.http_deadline:g} s deadline")
+        elif problem:
+            answer = Answer(status=response.status_code, retry_after=retry_after,
+                            error=problem)
+        else:
+            parsed: Any
+            try:
+                parsed = json.loads(raw)
+            except (ValueError, RecursionError):
+                parsed = raw[:2000].decode("utf-8", "replace")
+            answer = Answer(status=response.status_code, body=parsed, retry_after=retry_after)
         log.info("ingest answer url=%s status=%s bytes=%d", url, answer.status, len(body))
         return answer
 
@@ -183,6 +224,36 @@ class IngestClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _read_bounded(response: requests.Response, deadline: float,
+                  seconds: float) -> tuple[bytes, str | None]:
+    """The answer's body, or why it was not read whole: too large, or past the deadline."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+        return b"", f"answer over {MAX_ANSWER_BYTES} bytes, not read"
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                return b"", "deadline"
+            # read1 returns what has arrived, so a trickle is checked against the deadline
+            # byte by byte instead of blocking until a whole chunk is in.
+            chunk = response.raw.read1(64 * 1024, decode_content=True)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                return b"", f"answer over {MAX_ANSWER_BYTES} bytes, not read"
+            chunks.append(chunk)
+    except (requests.RequestException, OSError, HTTPError) as exc:
+        if time.monotonic() > deadline:
+            return b"", "deadline"
+        return b"", f"answer cut off: {type(exc).__name__}"
+    if time.monotonic() > deadline:
+        return b"", "deadline"
+    return b"".join(chunks), None
 
 
 def _first_line(exc: BaseException) -> str:

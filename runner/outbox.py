@@ -20,8 +20,10 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import random
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,7 +40,14 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 KINDS = {"result": "result_id", "error": "error_id"}
-PERMANENT_STATUSES = frozenset({400, 401, 409, 413, 415, 422})
+# 414, 417, 431 and 501 come from gunicorn itself (its HTML page, docs/contract.md section 2):
+# the URL, a header or the framing is refused, and a resend carries the same.
+PERMANENT_STATUSES = frozenset({400, 401, 409, 413, 414, 415, 417, 422, 431, 501})
+# Statuses a record earns for itself: it keeps its own backoff when others are sent.
+OWN_FAULT_STATUSES = frozenset({500})
+# A record file is at most a payload at the body limit plus its bookkeeping; anything
+# larger was not written by us and is not read (docs/reliability.md, poisoned files).
+MAX_RECORD_FILE_BYTES = 2 * contract.MAX_BODY_BYTES + 64 * 1024
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 REASON_SUFFIX = ".reason.json"
 # Batch envelope overhead: {"results":[ ... ]} plus one comma per item.
@@ -145,6 +154,8 @@ class Entry:
             value = doc.get(key, 0)
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise ValueError(f"{key} is not a number")
+            if not math.isfinite(value) or abs(value) > 1e15:
+                raise ValueError(f"{key} is not a finite number of a sane size")
             numbers[key] = value
         status = doc.get("last_status")
         return cls(name=name, kind=kind, record_id=record_id, payload=payload,
@@ -217,6 +228,7 @@ class Outbox:
         retry_base: float = 30.0,
         retry_cap: float = 3600.0,
         max_server_errors: int = 3,
+        max_retry_after: float = 3600.0,
         lock_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
@@ -229,6 +241,7 @@ class Outbox:
         self.retry_base = retry_base
         self.retry_cap = retry_cap
         self.max_server_errors = max_server_errors
+        self.max_retry_after = max_retry_after
         self.lock_timeout = lock_timeout
         self.clock = clock
         self.jitter = jitter
@@ -240,7 +253,8 @@ class Outbox:
         """The outbox under settings.state_dir with its bound and backoff."""
         return cls(settings.state_dir, max_pending=settings.max_pending,
                    retry_base=settings.retry_base, retry_cap=settings.retry_cap,
-                   max_server_errors=settings.max_server_errors)
+                   max_server_errors=settings.max_server_errors,
+                   max_retry_after=settings.max_retry_after)
 
     # -- writing ----------------------------------------------------------------
 
@@ -306,8 +320,10 @@ class Outbox:
     # -- counting ---------------------------------------------------------------
 
     def _names(self, directory: Path) -> list[str]:
+        # Never follow a link to ask what it is (a loop raises ELOOP): anything named like a
+        # record is listed, and _read refuses what is not a plain file.
         return sorted(e.name for e in os.scandir(directory)
-                      if e.is_file() and e.name.endswith(".json")
+                      if not e.is_dir(follow_symlinks=False) and e.name.endswith(".json")
                       and not e.name.endswith(REASON_SUFFIX))
 
     def pending_count(self) -> int:
@@ -413,15 +429,36 @@ class Outbox:
             os.close(fd)
 
     def _read(self, path: Path) -> Entry | str:
-        """The entry in a file, or a sentence saying why it cannot be read."""
+        """The entry in a file, or a sentence saying why it cannot be read.
+
+        Whatever lies in pending/ (a link, a fifo, a huge or hostile file) gives a sentence,
+        never an exception, so one planted file cannot stop every drain.
+        """
         try:
-            raw = path.read_bytes()
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return "vanished"
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "a symlink, not followed: the outbox reads only its own plain files"
+            return f"unreadable outbox file: {exc.strerror or exc}"
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return "not a regular file"
+            if info.st_size > MAX_RECORD_FILE_BYTES:
+                return (f"{info.st_size} bytes, over the {MAX_RECORD_FILE_BYTES} bytes a "
+                        f"record file can hold")
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                raw = f.read(MAX_RECORD_FILE_BYTES + 1)
+        except OSError as exc:
+            return f"unreadable outbox file: {exc.strerror or exc}"
+        finally:
+            os.close(fd)
         try:
             return Entry.from_json(path.name, json.loads(raw.decode("utf-8")))
-        except (UnicodeDecodeError, ValueError) as exc:
-            return f"corrupt outbox file: {exc}"
+        except (UnicodeDecodeError, ValueError, RecursionError, OverflowError) as exc:
+            return f"corrupt outbox file: {type(exc).__name__}: {str(exc)[:200]}"
 
     def drain(self, client: Any, *, ignore_backoff: bool = False) -> DrainReport:
         """Send what is due, oldest first, until done or the API asks us to wait.
@@ -445,6 +482,9 @@ class Outbox:
     def _drain_locked(self, client: Any, report: DrainReport, ignore_backoff: bool) -> None:
         now = self.clock()
         due: list[Entry] = []
+        # Not due because the API was not taking records: backoff belongs to the
+        # destination, so once it acknowledges a send in this drain, these go too.
+        waiting: list[Entry] = []
         for name in self._names(self.pending):
             entry = self._read(self.pending / name)
             if entry == "vanished":
@@ -462,22 +502,35 @@ class Outbox:
                 entry.next_attempt_at, entry.retry_after_until)
             if due_at > now:
                 report.not_due += 1
+                if entry.last_status not in OWN_FAULT_STATUSES:
+                    waiting.append(entry)
                 continue
             due.append(entry)
 
-        # Oldest first across both kinds: runs of results go as batches, each failure alone
-        # at its place in the order.
+        if not self._send_in_order(client, due, report):
+            return
+        if waiting and (report.delivered or report.duplicates):
+            # The API just stored a record: an outage is over, whatever each record's own
+            # retry time says (docs/reliability.md, backoff belongs to the destination).
+            log.info("outbox ingest API is back: sending %d record(s) before their retry time",
+                     len(waiting))
+            report.not_due -= len(waiting)
+            self._send_in_order(client, waiting, report)
+
+    def _send_in_order(self, client: Any, entries: list[Entry], report: DrainReport) -> bool:
+        """Oldest first across both kinds: runs of results as batches, each failure alone at
+        its place in the order; False means stop draining."""
         results: list[Entry] = []
-        for entry in due:
+        for entry in entries:
             if entry.kind == "result":
                 results.append(entry)
                 continue
             if not self._send_results(client, results, report):
-                return
+                return False
             results = []
             if not self._send_one(client, entry, report):
-                return
-        self._send_results(client, results, report)
+                return False
+        return self._send_results(client, results, report)
 
     def _send_results(self, client: Any, results: list[Entry], report: DrainReport) -> bool:
         """Send results in batches, in order; False means stop draining."""
@@ -612,6 +665,12 @@ class Outbox:
         now = self.clock()
         delay = min(self.retry_cap, self.retry_base * 2 ** max(0, entry.attempts - 1))
         delay = delay / 2 + self.jitter() * delay / 2  # jitter so many runners do not stampede
+        if retry_after is not None and not math.isfinite(retry_after):
+            retry_after = None
+        if retry_after:
+            # A Retry-After is honoured up to a cap (an hour): `inf` or 1e20 s from a
+            # hostile or broken server must not park a record for ever.
+            retry_after = min(max(0.0, retry_after), self.max_retry_after)
         entry.retry_after_until = now + retry_after if retry_after else 0.0
         entry.next_attempt_at = max(now + delay, entry.retry_after_until)
         entry.last_status, entry.last_error = status, error[:500]

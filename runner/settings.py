@@ -83,6 +83,9 @@ class Settings:
     # HTTP to the ingest API: (connect, read) seconds, and urllib3's in-call retries.
     http_timeout: tuple[float, float] = (3.05, 30.0)
     http_retries: int = 2
+    # One call to the ingest API, answer included, ends by this many seconds: a server
+    # that trickles its answer cannot hold a run (docs/reliability.md).
+    http_deadline: float = 60.0
     # urllib3 sleeps for a Retry-After up to this long inside a call; a longer one is
     # left to the outbox, which waits across runs instead of blocking this one.
     max_inline_retry_after: float = 10.0
@@ -90,6 +93,8 @@ class Settings:
     retry_base: float = 30.0
     retry_cap: float = 3600.0
     max_server_errors: int = 3
+    # The longest Retry-After honoured; a longer one (up to `inf`) waits this long.
+    max_retry_after: float = 3600.0
 
     @property
     def batch_url(self) -> str:

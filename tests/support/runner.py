@@ -49,6 +49,13 @@ class Scripted:
     status: int
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    # A hostile or foreign answer: these bytes as the body instead of JSON (e.g. gunicorn's
+    # own HTML error page), `size` bytes of it streamed (a huge answer), or each byte
+    # after `drip` seconds (a server that trickles its answer).
+    raw: bytes | None = None
+    content_type: str = "application/json"
+    size: int | None = None
+    drip: float = 0.0
 
 
 class ScriptedIngest:
@@ -56,6 +63,7 @@ class ScriptedIngest:
 
     def __init__(self) -> None:
         self.requests: list[Received] = []
+        self.bytes_sent = 0  # body bytes of streamed (`size`) answers that left the server
         self.stored: dict[str, Any] = {}
         self._script: dict[str, list[Scripted]] = {}
         self._lock = threading.Lock()
@@ -79,6 +87,11 @@ class ScriptedIngest:
         """Queue answers for POSTs to `path` (e.g. "/ingest/batch"), used in order."""
         with self._lock:
             self._script.setdefault(path, []).extend(answers)
+
+    def unscript(self) -> None:
+        """Drop the answers not given yet: back to behaving like the app."""
+        with self._lock:
+            self._script.clear()
 
     def posts(self, path: str) -> list[Received]:
         """Requests received on one path, in order."""
@@ -138,14 +151,38 @@ class ScriptedIngest:
                     outer.requests.append(Received(self.path, dict(self.headers), body,
                                                    time.monotonic()))
                 answer = outer._answer(self.path, body)
-                data = json.dumps(answer.body).encode() if answer.body is not None else b""
+                if answer.raw is not None:
+                    data = answer.raw
+                else:
+                    data = json.dumps(answer.body).encode() if answer.body is not None else b""
                 self.send_response(answer.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Type", answer.content_type)
+                self.send_header("Content-Length", str(answer.size or len(data)))
                 for name, value in answer.headers.items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    if answer.size:
+                        self._stream(answer.size)
+                    elif answer.drip:
+                        for i in range(len(data)):
+                            time.sleep(answer.drip)
+                            self.wfile.write(data[i:i + 1])
+                            self.wfile.flush()
+                    else:
+                        self.wfile.write(data)
+                except OSError:  # the client hung up on a hostile answer, as it should
+                    self.close_connection = True
+
+            def _stream(self, size: int) -> None:
+                chunk = b"x" * (1 << 20)
+                left = size
+                while left > 0:
+                    piece = chunk[:left]
+                    self.wfile.write(piece)
+                    with outer._lock:
+                        outer.bytes_sent += len(piece)
+                    left -= len(piece)
 
         return Handler
 
