@@ -11,25 +11,30 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 
 import bench_contract as contract
 
-from . import schemas
+from . import jsonbody, schemas
 
 _JSON = "application/json"
 
 # What each error status means on the routes that can answer it; every one has the one shape.
 _ERRORS = {
     "400": "not JSON, not an object, invalid UTF-8, duplicate keys, "
-           "NaN/Infinity/out-of-range numbers",
+           "NaN/Infinity/out-of-range numbers, broken chunked framing, or a body that did not "
+           "arrive whole in time",
     "401": "key missing, wrong, or in the query string",
     "409": "the same id with different content; the stored one is kept",
     "413": f"body over the limit ({contract.MAX_BODY_BYTES} bytes by default)",
     "415": "not application/json, or a Content-Encoding",
     "422": "invalid or unknown fields, each named in details.fields",
-    "429": "too many requests for this key; retry after Retry-After seconds",
-    "503": "database unavailable or slow; retry after Retry-After seconds",
+    "408": "the headers did not all arrive within INGEST_REQUEST_TIMEOUT_SECONDS (answered by "
+           "the gunicorn worker; empty request_id)",
+    "429": "too many requests for this key, or too many wrong keys from this address; retry "
+           "after Retry-After seconds",
+    "503": "database unavailable or slow (database_unavailable), or, on a read, every read slot "
+           "taken (read_capacity_exhausted); retry after Retry-After seconds",
     "500": "a bug; logged under the request id, never a database outage",
 }
-_WRITE_ERRORS = ("400", "401", "409", "413", "415", "422", "429", "503", "500")
-_READ_ERRORS = ("401", "422", "503", "500")
+_WRITE_ERRORS = ("400", "401", "408", "409", "413", "415", "422", "429", "503", "500")
+_READ_ERRORS = ("401", "422", "429", "503", "500")
 _WRITE_SECURITY = [{"ApiKey": []}, {"Bearer": []}]
 _READ_NOTE = (" Needs a read or write key unless the app runs with INGEST_PUBLIC_READ=true;"
               " a key in the query string is always refused (401).")
@@ -76,8 +81,9 @@ def _read_operation(summary: str, answer: dict[str, Any], query: type | None,
         "security": security,
         "responses": {"200": answer, **_errors(errors)},
     }
-    if "503" in operation["responses"]:
-        operation["responses"]["503"]["headers"] = _retry_after()
+    for code in ("429", "503"):
+        if code in operation["responses"]:
+            operation["responses"][code]["headers"] = _retry_after()
     if query is not None:
         operation["parameters"] = [{"in": "query", "schema": query}]
     return operation
@@ -165,8 +171,34 @@ def document() -> dict[str, Any]:
         "Prometheus metrics of every worker",
         {"description": "Prometheus text exposition format",
          "content": {"text/plain": {"schema": {"type": "string"}}}},
-        None, ("401", "500"))
+        None, ("401", "429", "500"))
     metrics["description"] = ("Prometheus metrics of every worker. Needs a read or write key, "
                               "even with INGEST_PUBLIC_READ=true.")
     spec.path("/metrics", operations={"get": metrics})
-    return spec.to_dict()
+    return _as_strict_as_the_server(spec.to_dict())
+
+
+# The server's own UUID check (schemas.UUIDString); any case, stored lower.
+_UUID_PATTERN = r"^[0-9A-Fa-f]{8}-([0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}$"
+_ID_FIELDS = ("result_id", "error_id")
+_UUID_SCHEMAS = ("Result", "Failure", "WriteAnswer")
+
+
+def _as_strict_as_the_server(document: dict[str, Any]) -> dict[str, Any]:
+    """What marshmallow's fields do not say: ids are UUIDs, integers fit 64 bits.
+
+    Without these, a schema-valid request could be refused (422, or 400 for an integer
+    past 64 bits), which is the document being looser than the server.
+    """
+    for schema_name, schema in document["components"]["schemas"].items():
+        for name, prop in schema.get("properties", {}).items():
+            # Not on a rejected batch item, which echoes the id as sent, nor on a stored
+            # result, which shows what an older writer stored.
+            if (name in _ID_FIELDS and prop.get("type") == "string"
+                    and schema_name in _UUID_SCHEMAS):
+                prop.update(format="uuid", pattern=_UUID_PATTERN)
+            if prop.get("type") == "integer":
+                prop["format"] = "int64"
+                prop.setdefault("minimum", jsonbody.INT64_MIN)
+                prop.setdefault("maximum", jsonbody.INT64_MAX)
+    return document

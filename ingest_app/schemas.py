@@ -292,7 +292,10 @@ class BatchItemAnswerSchema(Schema):
     status = fields.String(
         validate=validate.OneOf(("created", "duplicate", "conflict", "rejected"))
     )
-    result_id = fields.String()
+    result_id = fields.String(metadata={"description": "the stored id; for a rejected item, "
+                                                      "the id as sent (if it was a string)"})
+    differing_fields = fields.List(fields.String(), metadata={
+        "description": "for a conflict: the fields that differ from the stored record"})
     errors = fields.Dict(metadata={"description": "field -> messages, for rejected items"})
 
 
@@ -342,11 +345,14 @@ class ResultsQuerySchema(Schema):
 
     provider = fields.String(validate=validate.Length(min=1, max=MAX_FILTER_CHARS))
     model_name = fields.String(validate=validate.Length(min=1, max=MAX_FILTER_CHARS))
-    since = fields.AwareDateTime(metadata={"description": "run_ts at or after (RFC 3339)"})
-    until = fields.AwareDateTime(metadata={"description": "run_ts before (RFC 3339)"})
+    since = fields.AwareDateTime(metadata={"description": "run_ts at or after (RFC 3339); "
+                                                          "earlier than until"})
+    until = fields.AwareDateTime(metadata={"description": "run_ts before (RFC 3339); later "
+                                                          "than since (422 otherwise)"})
     limit = fields.Integer(load_default=DEFAULT_LIMIT,
                            validate=validate.Range(min=1, max=MAX_LIMIT))
-    cursor = fields.String(metadata={"description": "the `next` of the previous page"})
+    cursor = fields.String(metadata={"description": "the `next` of the previous page, as "
+                                                    "handed out (signed: any other is a 422)"})
 
 
 class ResultsPageSchema(Schema):
@@ -357,12 +363,22 @@ class ResultsPageSchema(Schema):
                          metadata={"description": "cursor of the next page; null at the end"})
 
 
+# 1 to 31 days in any unit the server takes: 1-44640m, 1-744h, 1-31d, no leading zero
+# (docs/contract.md, read answers; summary.parse_window is the judge).
+WINDOW_PATTERN = (
+    r"^(?:(?:[1-9][0-9]{0,3}|[1-3][0-9]{4}|4[0-3][0-9]{3}|44[0-5][0-9]{2}|446[0-3][0-9]|44640)m"
+    r"|(?:[1-9][0-9]?|[1-6][0-9]{2}|7[0-3][0-9]|74[0-4])h"
+    r"|(?:[1-9]|[12][0-9]|3[01])d)$"
+)
+
+
 class WindowQuerySchema(Schema):
     """The window of GET /summary and the status page (any other parameter of /summary: 422)."""
 
     window = fields.String(load_default=DEFAULT_WINDOW,
                            metadata={"description": "a count and a unit m, h or d, like 1h, "
-                                                    "24h or 7d; at most 31d"})
+                                                    "24h or 7d; at most 31d",
+                                     "pattern": WINDOW_PATTERN})
 
 
 class SpreadSchema(Schema):

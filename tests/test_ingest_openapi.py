@@ -100,3 +100,42 @@ def test_documented_read_answers_match_what_the_routes_answer(client, auth_heade
     for row in summary["models"]:
         assert set(row) == set(schemas["ModelSummary"]["properties"])
         assert set(row["tokens_per_second"]) == set(schemas["Spread"]["properties"])
+
+
+def test_the_document_is_as_strict_as_the_server_on_ids_integers_and_windows():
+    import re
+
+    from ingest_app import openapi
+    from ingest_app.summary import WindowError, parse_window
+
+    document = openapi.document()
+    components = document["components"]["schemas"]
+    for schema, field in (("Result", "result_id"), ("Failure", "error_id"),
+                          ("WriteAnswer", "result_id")):
+        prop = components[schema]["properties"][field]
+        assert prop["format"] == "uuid" and re.fullmatch(prop["pattern"].strip("^$"),
+                                                         "9F1C2B7E-0d7a-4a53-9c7e-1f2e3d4c5b6a")
+        assert not re.fullmatch(prop["pattern"].strip("^$"), "not-a-uuid")
+    for schema in components.values():
+        for name, prop in schema.get("properties", {}).items():
+            if prop.get("type") == "integer":
+                assert prop["format"] == "int64", name
+                assert prop["minimum"] >= -(2**63) and prop["maximum"] <= 2**63 - 1, name
+    assert "differing_fields" in components["BatchItemAnswer"]["properties"]
+    assert "rejected" in components["BatchItemAnswer"]["properties"]["status"]["enum"]
+
+    window = next(p for p in document["paths"]["/summary"]["get"]["parameters"]
+                  if p["name"] == "window")["schema"]["pattern"]
+    candidates = [f"{n}{unit}" for unit in "mhd" for n in
+                  (0, 1, 9, 10, 31, 32, 99, 743, 744, 745, 999, 44639, 44640, 44641, 99999)]
+    candidates += ["", "01d", "1w", "1.5h", "-1d", "1d ", "24H"]
+    for text in candidates:
+        try:
+            parse_window(text)
+            accepted = True
+        except WindowError:
+            accepted = False
+        assert bool(re.search(window, text)) == accepted, text
+    until = next(p for p in document["paths"]["/results"]["get"]["parameters"]
+                 if p["name"] == "until")
+    assert "later than since" in until["description"]
