@@ -394,7 +394,7 @@ def daemon(interval: float, log_level: str, **opts: Any) -> None:
                 except Exception as exc:  # noqa: BLE001 - one bad cycle must not end the daemon
                     log.error("cycle %d failed; the next one runs on schedule: %s", cycles + 1,
                               describe(exc))
-                    report_cycle_failure(settings, outbox, exc)
+                    report_cycle_failure(settings, outbox, exc, client)
                 cycles += 1
                 if code == ExitCode.OK:
                     stop.wait(max(0.0, interval * 60 - (time.monotonic() - started)))

@@ -150,7 +150,8 @@ def _report_unmeasured(settings: Settings, provider: Any, outbox: Outbox, client
         report.skipped.extend(models)
         return False
     for model in models:
-        record = _setup_failure(settings, provider, model, kind, message, exc_type=exc_type)
+        record = _failure(settings, provider, model, stage="setup", kind=kind, message=message,
+                          exc_type=exc_type, attempts=0)  # nothing was called
         outcome = ModelOutcome(model=model, record=record,
                                queued=_queue(record, outbox, client, report, threading.Event()))
         report.outcomes.append(outcome)
@@ -208,7 +209,10 @@ def _measure_all(settings: Settings, provider: Any, outbox: Outbox, client: Any,
                 record = future.result()
             except Exception as exc:  # noqa: BLE001 - a provider bug must still become a record
                 log.error("measure raised model=%s error=%s", model, describe(exc))
-                record = _failure_from_bug(settings, provider, model, exc)
+                record = _failure(
+                    settings, provider, model, stage="call", kind="unknown",
+                    message=f"the runner failed while measuring: {describe(exc)}",
+                    exc_type=type(exc).__name__, attempts=1)
             if record is None:
                 report.skipped.append(model)
                 continue
@@ -241,12 +245,13 @@ def _queue(record: Result | Failure, outbox: Outbox, client: Any, report: CycleR
             f"cannot write the outbox in {outbox.root}: {exc.strerror or exc}")
         report.outbox_full = f"{reason}: stopped measuring"
         # The record exists only in memory now: try to hand it over directly.
-        post = client.post_result if isinstance(record, Result) else client.post_error
-        try:
-            answer = post(record.to_payload())
-        except ValueError as send_exc:
-            answer = None
-            log.error("record not sendable id=%s error=%s", record.record_id, send_exc)
+        answer = None
+        if client is not None:
+            post = client.post_result if isinstance(record, Result) else client.post_error
+            try:
+                answer = post(record.to_payload())
+            except ValueError as send_exc:
+                log.error("record not sendable id=%s error=%s", record.record_id, send_exc)
         if answer is None or not answer.delivered:
             report.lost += 1
             # Last resort so the figures are not gone without a trace.
@@ -258,40 +263,26 @@ def _queue(record: Result | Failure, outbox: Outbox, client: Any, report: CycleR
     return True
 
 
-def report_cycle_failure(settings: Settings, outbox: Outbox, exc: BaseException) -> int:
-    """Queue one failure per model for a cycle that broke; returns how many were queued."""
-    queued = 0
-    try:
-        outbox.check_room(len(settings.models))
-    except (OSError, OutboxFull) as full:
-        log.error("cycle failure not queued: %s", full)
-        return 0
-    for model in settings.models:
-        record = _setup_failure(settings, None, model, "unknown",
-                                f"the cycle failed: {describe(exc)}")
-        try:
-            outbox.put(record)
-            queued += 1
-        except (OSError, OutboxFull) as put_exc:
-            log.error("cycle failure not queued model=%s error=%s", model, describe(put_exc))
-    return queued
+def report_cycle_failure(settings: Settings, outbox: Outbox, exc: BaseException,
+                         client: Any = None) -> int:
+    """Queue one failure per model for a cycle that broke; returns how many were queued.
+
+    With a client, a record the outbox cannot take is handed over directly, as in a cycle.
+    """
+    report = CycleReport(models=settings.models)
+    _report_unmeasured(settings, None, outbox, client, report, settings.models, "unknown",
+                       f"the cycle failed: {describe(exc)}", None, None)
+    if report.outbox_full:
+        log.error("cycle failure not queued: %s", report.outbox_full)
+    return sum(o.queued for o in report.outcomes)
 
 
-def _setup_failure(settings: Settings, provider: Any, model: str, kind: str,
-                   message: str, *, exc_type: str | None = None) -> Failure:
+def _failure(settings: Settings, provider: Any, model: str, *, stage: str, kind: str,
+             message: str, exc_type: str | None, attempts: int) -> Failure:
+    """A failure of `model` that the runner, not the provider, records."""
     return Failure(
         provider=getattr(provider, "name", None) or settings.provider, model_name=model,
-        ts=datetime.now(UTC), stage="setup", error_kind=kind, message=message,
+        ts=datetime.now(UTC), stage=stage, error_kind=kind, message=message,
         region=getattr(provider, "region", None) or settings.region,
         benchmark_profile_id=settings.profile.profile_id, exc_type=exc_type,
-        attempts=0)  # nothing was called
-
-
-def _failure_from_bug(settings: Settings, provider: Any, model: str,
-                      exc: Exception) -> Failure:
-    return Failure(
-        provider=getattr(provider, "name", settings.provider), model_name=model,
-        ts=datetime.now(UTC), stage="call", error_kind="unknown",
-        message=f"the runner failed while measuring: {describe(exc)}",
-        region=getattr(provider, "region", None) or settings.region,
-        benchmark_profile_id=settings.profile.profile_id, exc_type=type(exc).__name__)
+        attempts=attempts)
