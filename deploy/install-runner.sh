@@ -6,7 +6,9 @@
 #
 # What it does, each step safe to repeat:
 #   1. a virtualenv at /opt/bench-runner with this checkout's `.[runner]` only
-#      (no Flask, no pymongo); a rerun upgrades it in place;
+#      (no Flask, no pymongo), every dependency at the version
+#      deploy/runner-constraints.txt pins and from a wheel, so no dependency's
+#      build code runs as root; a rerun upgrades it in place;
 #   2. /etc/bench-runner/runner.env from deploy/runner.env.example, mode 0600,
 #      only when there is none (an existing one is never touched);
 #   3. bench-runner.service and bench-runner.timer into /etc/systemd/system;
@@ -24,6 +26,7 @@ ROOT="${ROOT%/}"
 VENV="$ROOT/opt/bench-runner"
 ETC="$ROOT/etc/bench-runner"
 ENV_FILE="$ETC/runner.env"
+CONSTRAINTS="$SRC/deploy/runner-constraints.txt"
 UNIT_DIR="$ROOT/etc/systemd/system"
 
 say() { printf 'install-runner: %s\n' "$*"; }
@@ -42,6 +45,7 @@ find_python() {
 }
 
 [[ -f "$SRC/setup.cfg" && -d "$SRC/runner" ]] || die "run me from a bench-ingest checkout ($SRC has no setup.cfg/runner)"
+[[ -f "$CONSTRAINTS" ]] || die "$CONSTRAINTS is missing: the pinned dependency versions ship with the checkout"
 if [[ -z "$ROOT" && "$(id -u)" -ne 0 ]]; then
     die "installing to / needs root: sudo $0 (or DESTDIR=/some/dir $0 to stage)"
 fi
@@ -54,7 +58,9 @@ else
     say "creating a virtualenv at $VENV with $PY"
     "$PY" -m venv --clear "$VENV"
 fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$SRC[runner]"
+# Pinned versions, wheels only: nothing a dependency ships is built or run as root here.
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade \
+    --constraint "$CONSTRAINTS" --only-binary=:all: "$SRC[runner]"
 "$VENV/bin/bench-runner" --help >/dev/null || die "$VENV/bin/bench-runner does not start"
 say "installed $("$VENV/bin/python" -c 'from importlib.metadata import version; print("bench-ingest", version("bench-ingest"))')"
 

@@ -324,6 +324,41 @@ def venv_has(python: Path, module: str) -> bool:
                           check=False).returncode == 0
 
 
+def pinned_versions() -> dict[str, str]:
+    """name -> version of every pin in deploy/runner-constraints.txt."""
+    pins = {}
+    for line in (DEPLOY / "runner-constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, pinned = line.partition("==")
+            assert pinned, f"not pinned: {line}"
+            pins[name.strip().lower().replace("_", "-")] = pinned.strip()
+    return pins
+
+
+def installed_versions(python: Path) -> dict[str, str]:
+    """name -> version of every distribution in a venv but the project and pip itself."""
+    probe = ("import importlib.metadata as m; print('\\n'.join(f'{d.metadata[\"Name\"]}=="
+             "{d.version}' for d in m.distributions()))")
+    out = subprocess.run([str(python), "-I", "-c", probe], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    versions = {}
+    for line in out.splitlines():
+        name, _, version = line.partition("==")
+        name = name.lower().replace("_", "-")
+        if name not in ("bench-ingest", "pip", "setuptools", "wheel"):
+            versions[name] = version
+    return versions
+
+
+def test_install_runner_installs_pinned_wheels_only():
+    script = (DEPLOY / "install-runner.sh").read_text()
+    assert '--constraint "$CONSTRAINTS"' in script
+    # No dependency's build code runs as root: wheels only.
+    assert "--only-binary=:all:" in script
+    assert pinned_versions()["boto3"]
+
+
 @pytest.mark.timeout(600)
 def test_install_runner_builds_a_runner_only_venv_and_reruns_in_place(tmp_path):
     root = tmp_path / "root"
@@ -333,6 +368,8 @@ def test_install_runner_builds_a_runner_only_venv_and_reruns_in_place(tmp_path):
 
     venv_python = root / "opt/bench-runner/bin/python"
     assert venv_has(venv_python, "boto3") and venv_has(venv_python, "runner")
+    # Every dependency is the version the shipped constraints file pins, none newer.
+    assert installed_versions(venv_python) == pinned_versions(), first.stdout
     assert not venv_has(venv_python, "flask")
     assert not venv_has(venv_python, "pymongo")
     help_out = subprocess.run([str(root / "opt/bench-runner/bin/bench-runner"), "--help"],
