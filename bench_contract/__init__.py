@@ -121,5 +121,6 @@ ERROR_OPTIONAL = (
 ERROR_FIELDS = ERROR_REQUIRED + ERROR_OPTIONAL
 
 # Fields the server adds; a client that sends them gets a 422.
-SERVER_RESULT_FIELDS = ("received_at", "runner_id")
+# withheld_reason: on a result the model gate kept off the public collection (section 5).
+SERVER_RESULT_FIELDS = ("received_at", "runner_id", "withheld_reason")
 SERVER_ERROR_FIELDS = ("received_at", "runner_id", "fingerprint")

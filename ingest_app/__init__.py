@@ -9,7 +9,7 @@ from .settings import EXTENSION, Settings
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app; with no settings, read them from the environment (and fail loudly)."""
-    from . import api, auth, db, errors, limiter, metrics, read
+    from . import admin, api, auth, db, errors, limiter, metrics, read
 
     app = Flask(__name__)
     app.extensions[EXTENSION] = settings if settings is not None else Settings.from_env()
@@ -23,4 +23,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.init_app(app)
     metrics.init_app(app)
     read.init_app(app)
+    admin.init_app(app)
     return app

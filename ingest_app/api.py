@@ -10,7 +10,8 @@ from marshmallow import Schema, ValidationError
 
 import bench_contract as contract
 
-from . import db, jsonbody, metrics, openapi, settings, store
+from . import catalog, db, jsonbody, metrics, openapi, settings, store
+from . import health as model_health
 from .auth import require_key
 from .credentials import redact
 from .errors import ApiError
@@ -58,7 +59,43 @@ def _answer(kind: str, outcome: store.Outcome, id_field: str) -> ResponseReturnV
         metrics.observe_stored(g.runner_id)
     created = outcome.status == store.CREATED
     body = {"status": outcome.status, "duplicate": not created, id_field: outcome.record_id}
+    body.update(_placement(outcome))
     return jsonify(body), 201 if created else 200
+
+
+def _placement(outcome: store.Outcome) -> dict[str, Any]:
+    """Off the public collection: `published: false`, with `withheld_reason` if the gate did it.
+
+    A result that went to the public collection gets neither (the answer older
+    runners know); docs/contract.md section 2.
+    """
+    if outcome.published is not False:
+        return {}
+    placed: dict[str, Any] = {"published": False}
+    if outcome.withheld_reason is not None:
+        placed["withheld_reason"] = outcome.withheld_reason
+    return placed
+
+
+def _withheld(records: list[dict[str, Any]]) -> list[str | None]:
+    """Per result, why the model gate keeps it off the public collection (None: it may go there).
+
+    With INGEST_MODEL_GATE off, nothing is withheld (docs/contract.md section 5).
+    """
+    if not settings.current().model_gate or not records:
+        return [None] * len(records)
+    with db.bounded():
+        entries = catalog.lookup((r["provider"], r["model_name"]) for r in records)
+    return [catalog.standing(entries[(r["provider"], r["model_name"])]) for r in records]
+
+
+def _record_health(documents: list[dict[str, Any]], outcomes: list[store.Outcome]) -> None:
+    # Only a result newly stored in the public collection is a success the dashboard shows.
+    model_health.record(
+        model_health.Event(d["provider"], d["model_name"], d["run_ts"])
+        for d, o in zip(documents, outcomes, strict=True)
+        if o.status == store.CREATED and o.published
+    )
 
 
 @bp.post("/ingest")
@@ -68,7 +105,8 @@ def ingest_result() -> ResponseReturnValue:
     """Store one benchmark result exactly once."""
     record = _load(RESULT_SCHEMA, _body(), "result")
     document = _stamp(record, store.now())
-    outcome = store.insert_result(document)
+    outcome = store.insert_result(document, _withheld([record])[0])
+    _record_health([document], [outcome])
     return _answer("result", outcome, "result_id")
 
 
@@ -83,6 +121,10 @@ def ingest_error() -> ResponseReturnValue:
     record["message"] = redact(record["message"], [k for _, k in cfg.api_keys + cfg.read_keys])
     document = {**_stamp(record, store.now()), "fingerprint": fingerprint(record)}
     outcome = store.insert_one(db.errors(), "error_id", document, contract.ERROR_FIELDS)
+    if outcome.status == store.CREATED:
+        model_health.record([model_health.Event(document["provider"], document["model_name"],
+                                    document["ts"], document["error_kind"],
+                                    document["message"])])
     return _answer("error", outcome, "error_id")
 
 
@@ -124,10 +166,12 @@ def ingest_batch() -> ResponseReturnValue:
             metrics.observe_rejection("validation_error")
     received_at = store.now()
     documents = [_stamp(record, received_at) for _, record in valid]
-    outcomes = store.insert_results(documents)
+    outcomes = store.insert_results(documents, _withheld([record for _, record in valid]))
+    _record_health(documents, outcomes)
     counts: dict[str, int] = {}
     for (i, _), outcome in zip(valid, outcomes, strict=True):
-        answers[i] = {"status": outcome.status, "result_id": outcome.record_id}
+        answers[i] = {"status": outcome.status, "result_id": outcome.record_id,
+                      **_placement(outcome)}
         if outcome.differing:
             answers[i]["differing_fields"] = list(outcome.differing)
         counts[outcome.status] = counts.get(outcome.status, 0) + 1

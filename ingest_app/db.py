@@ -98,6 +98,8 @@ class _Handle:
         self.indexes_checked_at: float | None = None
         self.collections: dict[str, Collection] = {}
         self._guards: _Guards | None = None
+        # The pid that last made the health and models indexes (best effort, once a process).
+        self.health_indexes_pid = 0
 
     def guards(self) -> _Guards:
         # Per process, like the client: a forked worker starts closed, with its own locks.
@@ -166,6 +168,11 @@ def _handle() -> _Handle:
     return current_app.extensions[EXTENSION]
 
 
+def handle() -> _Handle:
+    """This app's client holder (its pid tells whether the process forked since)."""
+    return _handle()
+
+
 def get_db() -> Database:
     """The app's database on this process's client."""
     return _handle().get()[settings.current().mongodb_db]
@@ -184,6 +191,11 @@ def probes() -> Collection:
 def errors() -> Collection:
     """The failed-attempts collection."""
     return _handle().collection(settings.current().errors_collection)
+
+
+def collection(name: str) -> Collection:
+    """Any collection of the app's database, on this process's client."""
+    return _handle().collection(name)
 
 
 def ensure_indexes(db: Database, cfg: Settings) -> None:
@@ -417,10 +429,17 @@ def init_app(app: Flask) -> None:
     def ensure_indexes_command() -> None:
         """Create the results and errors indexes now (they are also made on first write)."""
         cfg = settings.current()
+        from . import health
+
         try:
             ensure_indexes(get_db(), cfg)
         except IndexMismatch as exc:
             raise click.ClickException(str(exc)) from exc
+        problem = health.ensure_indexes(get_db(), cfg)
+        if problem:
+            raise click.ClickException(problem)
         click.echo(f"indexes present on {cfg.mongodb_db}.{cfg.results_collection}, "
-                   f"{cfg.mongodb_db}.{cfg.probe_collection} "
-                   f"and {cfg.mongodb_db}.{cfg.errors_collection}")
+                   f"{cfg.mongodb_db}.{cfg.probe_collection}, "
+                   f"{cfg.mongodb_db}.{cfg.errors_collection}, "
+                   f"{cfg.mongodb_db}.{cfg.models_collection} "
+                   f"and {cfg.mongodb_db}.{cfg.health_collection}")

@@ -37,6 +37,10 @@ DB_REFUSED = Counter(
     "bench_ingest_db_refused_total",
     "Requests answered 503 at once, without a database call, while the circuit breaker was open",
 )
+HEALTH_ERRORS = Counter(
+    "bench_ingest_health_errors_total",
+    "bench_model_health updates that failed after the record was stored (the next write recounts)",
+)
 WRITE_LATENCY = Histogram(
     "bench_ingest_write_seconds",
     "Time spent in the database write of one request",
@@ -54,6 +58,11 @@ def observe_write(kind: str, outcome: str, n: int = 1) -> None:
     """Count records by kind (result, error) and outcome (created, duplicate, conflict)."""
     if n:
         WRITES.labels(kind, outcome).inc(n)
+
+
+def observe_health_error() -> None:
+    """Count a health update that failed after its record was stored."""
+    HEALTH_ERRORS.inc()
 
 
 def observe_stored(runner_id: str) -> None:

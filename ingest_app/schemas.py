@@ -284,6 +284,11 @@ class WriteAnswerSchema(Schema):
     duplicate = fields.Boolean()
     result_id = fields.String(metadata={"description": "on POST /ingest"})
     error_id = fields.String(metadata={"description": "on POST /ingest/error"})
+    published = fields.Boolean(metadata={
+        "description": "results only, present (false) when stored in the probe collection"})
+    withheld_reason = fields.String(
+        validate=validate.OneOf(("model_not_listed", "model_disabled", "model_deprecated")),
+        metadata={"description": "why the model gate kept it off the public collection"})
 
 
 class BatchItemAnswerSchema(Schema):
@@ -296,6 +301,11 @@ class BatchItemAnswerSchema(Schema):
                                                       "the id as sent (if it was a string)"})
     differing_fields = fields.List(fields.String(), metadata={
         "description": "for a conflict: the fields that differ from the stored record"})
+    published = fields.Boolean(metadata={
+        "description": "results only, present (false) when stored in the probe collection"})
+    withheld_reason = fields.String(
+        validate=validate.OneOf(("model_not_listed", "model_disabled", "model_deprecated")),
+        metadata={"description": "why the model gate kept it off the public collection"})
     errors = fields.Dict(metadata={"description": "field -> messages, for rejected items"})
 
 

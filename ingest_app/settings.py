@@ -40,6 +40,14 @@ class Settings:
     errors_collection: str = "errors_cloud"
     # Shadow and probe samples (sample_role other than published) are kept here, off the charts.
     probe_collection: str = "metrics_cloud_probe"
+    # The curated model list and the per-model health the dashboard reads (docs/contract.md
+    # section 5); other writers share both.
+    models_collection: str = "models"
+    health_collection: str = "bench_model_health"
+    # On: a result for a model `models` does not list as enabled goes to the probe collection.
+    model_gate: bool = False
+    # How often each model is expected to be measured: freshness_status is judged against it.
+    cadence_seconds: int = 3600
     api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     read_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     public_read: bool = False
@@ -84,6 +92,8 @@ class Settings:
             ("MONGODB_RESULTS_COLLECTION", cls.results_collection),
             ("MONGODB_ERRORS_COLLECTION", cls.errors_collection),
             ("MONGODB_PROBE_COLLECTION", cls.probe_collection),
+            ("MONGODB_MODELS_COLLECTION", cls.models_collection),
+            ("MONGODB_HEALTH_COLLECTION", cls.health_collection),
         ):
             value = env.get(var, "").strip() or default
             if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value) or value.startswith("."):
@@ -92,8 +102,9 @@ class Settings:
 
         collections = [names[var] for var in names if var.endswith("_COLLECTION")]
         if len(set(collections)) < len(collections):
-            problems.append("MONGODB_RESULTS_COLLECTION, MONGODB_ERRORS_COLLECTION and "
-                            "MONGODB_PROBE_COLLECTION must name three different collections")
+            problems.append("MONGODB_RESULTS_COLLECTION, MONGODB_ERRORS_COLLECTION, "
+                            "MONGODB_PROBE_COLLECTION, MONGODB_MODELS_COLLECTION and "
+                            "MONGODB_HEALTH_COLLECTION must name five different collections")
 
         api_keys = _parse_keys(env, "INGEST_API_KEYS", problems, required=True)
         read_keys = _parse_keys(env, "INGEST_READ_KEYS", problems, required=False)
@@ -102,6 +113,9 @@ class Settings:
             problems.append("INGEST_READ_KEYS must not reuse a key from INGEST_API_KEYS")
 
         public_read = _parse_bool(env, "INGEST_PUBLIC_READ", problems)
+        model_gate = _parse_bool(env, "INGEST_MODEL_GATE", problems)
+        cadence = _parse_number(env, "INGEST_CADENCE_SECONDS", int, cls.cadence_seconds,
+                                60, 7 * 86400, problems)
         max_body = _parse_number(env, "INGEST_MAX_BODY_BYTES", int, contract.MAX_BODY_BYTES,
                                  1024, 64 * 1024 * 1024, problems)
         db_timeout = _parse_number(env, "MONGODB_TIMEOUT_SECONDS", float, cls.db_timeout_seconds,
@@ -129,6 +143,10 @@ class Settings:
             results_collection=names["MONGODB_RESULTS_COLLECTION"],
             errors_collection=names["MONGODB_ERRORS_COLLECTION"],
             probe_collection=names["MONGODB_PROBE_COLLECTION"],
+            models_collection=names["MONGODB_MODELS_COLLECTION"],
+            health_collection=names["MONGODB_HEALTH_COLLECTION"],
+            model_gate=model_gate,
+            cadence_seconds=cadence,
             api_keys=api_keys,
             read_keys=read_keys,
             public_read=public_read,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +37,10 @@ class Outcome:
     status: str
     record_id: str
     differing: tuple[str, ...] = field(default=())
+    # Results only: stored in the public collection, or (False) in the probe collection,
+    # and then why, when the model gate withheld it (docs/contract.md section 5).
+    published: bool | None = None
+    withheld_reason: str | None = None
 
 
 def now() -> datetime:
@@ -69,10 +73,11 @@ def _judge(new: dict[str, Any], stored: dict[str, Any] | None, id_field: str,
         raise db.database_unavailable()
     mine, theirs = canonical(new, fields), canonical(stored, fields)
     differing = sorted(k for k in set(mine) | set(theirs) if not same(mine.get(k), theirs.get(k)))
+    withheld = stored.get("withheld_reason")
     if not differing:
-        return Outcome(DUPLICATE, record_id)
+        return Outcome(DUPLICATE, record_id, withheld_reason=withheld)
     log.info("conflict on %s=%s fields=%s", id_field, record_id, ",".join(differing))
-    return Outcome(CONFLICT, record_id, tuple(differing))
+    return Outcome(CONFLICT, record_id, tuple(differing), withheld_reason=withheld)
 
 
 def insert_one(collection: Collection, id_field: str, document: dict[str, Any],
@@ -122,32 +127,67 @@ def insert_many(collection: Collection, id_field: str, documents: Sequence[dict[
 
 
 def route(document: dict[str, Any]) -> Collection:
-    """The collection a result belongs in: the one place that decides (docs/contract.md section 3).
+    """The collection a result belongs in: the one place that decides (docs/contract.md).
 
     Published samples go to the results collection the charts read; shadow and
-    probe samples to the probe collection. A result without sample_role (an older
-    runner) is published, as every result was before the field existed.
+    probe samples, and published ones the model gate withheld (they carry
+    `withheld_reason`), to the probe collection. A result without sample_role (an
+    older runner) is published, as every result was before the field existed.
     """
-    if document.get("sample_role", contract.PUBLISHED) == contract.PUBLISHED:
+    if _published_role(document) and "withheld_reason" not in document:
         return db.results()
     return db.probes()
 
 
-def insert_result(document: dict[str, Any]) -> Outcome:
+def _published_role(document: dict[str, Any]) -> bool:
+    return document.get("sample_role", contract.PUBLISHED) == contract.PUBLISHED
+
+
+def insert_result(document: dict[str, Any], withheld_reason: str | None = None) -> Outcome:
     """Store one result exactly once in the collection route() names."""
-    return insert_one(route(document), "result_id", document, contract.RESULT_FIELDS)
+    return insert_results([document], [withheld_reason])[0]
 
 
-def insert_results(documents: Sequence[dict[str, Any]]) -> list[Outcome]:
-    """Store each result exactly once in the collection route() names; outcomes in order."""
+def insert_results(documents: Sequence[dict[str, Any]],
+                   withheld: Sequence[str | None] | None = None) -> list[Outcome]:
+    """Store each result exactly once in the collection route() names; outcomes in order.
+
+    `withheld` holds, per document, the gate's reason to keep it off the public
+    collection (None: publish). Whether a published-role result is withheld can
+    change between a send and its resend (an operator enables the model), so such a
+    result is first looked for in the other collection: stored there, it is a
+    duplicate (or a conflict), never a second copy.
+    """
+    reasons = list(withheld) if withheld is not None else [None] * len(documents)
+    documents = [d if r is None else {**d, "withheld_reason": r}
+                 for d, r in zip(documents, reasons, strict=True)]
+    results, probes = db.results(), db.probes()
+    outcomes: list[Outcome | None] = [None] * len(documents)
+    movable = [i for i, d in enumerate(documents) if _published_role(d)]
+    for target, other in ((results, probes), (probes, results)):
+        ids = [documents[i]["result_id"] for i in movable
+               if route(documents[i]).name == target.name]
+        if not ids:
+            continue
+        with db.bounded():
+            stored = {d["result_id"]: d for d in other.find({"result_id": {"$in": ids}},
+                                                             {"_id": False})}
+        for i in movable:
+            found = stored.get(documents[i]["result_id"])
+            if found is not None and route(documents[i]).name == target.name:
+                outcomes[i] = replace(_judge(documents[i], found, "result_id",
+                                             contract.RESULT_FIELDS),
+                                      published=other.name == results.name)
     groups: dict[str, tuple[Collection, list[int]]] = {}
     for i, document in enumerate(documents):
-        target = route(document)
-        groups.setdefault(target.name, (target, []))[1].append(i)
-    outcomes: list[Outcome | None] = [None] * len(documents)
+        if outcomes[i] is None:
+            target = route(document)
+            groups.setdefault(target.name, (target, []))[1].append(i)
     for target, positions in groups.values():
         found = insert_many(target, "result_id", [documents[i] for i in positions],
                             contract.RESULT_FIELDS)
         for i, outcome in zip(positions, found, strict=True):
-            outcomes[i] = outcome
+            if outcome.status == CREATED:
+                outcome = replace(outcome, withheld_reason=reasons[i])
+            outcomes[i] = replace(outcome, published=target.name == results.name)
     return [o for o in outcomes if o is not None]

@@ -245,7 +245,8 @@ def _table(report: CycleReport) -> str:
 
 def _delivery_line(report: CycleReport) -> str:
     d = report.delivery
-    return (f"delivered {d.delivered + d.duplicates} ({d.duplicates} already stored), "
+    withheld = f", {d.withheld} not published (model gate)" if d.withheld else ""
+    return (f"delivered {d.delivered + d.duplicates} ({d.duplicates} already stored{withheld}), "
             f"dead-lettered {d.dead + report.refused_at_queue}, pending {report.pending}")
 
 

@@ -89,6 +89,7 @@ class CycleReport:
             "not_measured": list(self.skipped),
             "delivery": {"delivered": self.delivery.delivered,
                          "duplicates": self.delivery.duplicates,
+                         "withheld": self.delivery.withheld,
                          "dead": self.delivery.dead + self.refused_at_queue,
                          "pending": self.pending, "dead_total": self.dead_total},
             "problems": self.problems(),

@@ -173,6 +173,9 @@ class DrainReport:
 
     delivered: int = 0
     duplicates: int = 0
+    # Of those delivered or already stored: results the ingest app kept off the public
+    # collection because its model gate withheld them (docs/contract.md section 5).
+    withheld: int = 0
     dead: int = 0
     retry_later: int = 0
     not_due: int = 0
@@ -185,6 +188,7 @@ class DrainReport:
         """Fold another drain into this one (pending_left is the latest)."""
         self.delivered += other.delivered
         self.duplicates += other.duplicates
+        self.withheld += other.withheld
         self.dead += other.dead
         self.retry_later += other.retry_later
         self.not_due = other.not_due
@@ -606,9 +610,11 @@ class Outbox:
         if state == "created":
             self._delete(entry)
             report.delivered += 1
+            _note_withheld(entry, item, report)
         elif state == "duplicate":
             self._delete(entry)
             report.duplicates += 1
+            _note_withheld(entry, item, report)
         elif state in ("rejected", "conflict"):
             status = 409 if state == "conflict" else 422
             self._bury(entry, status, item, f"batch item {state}")
@@ -627,6 +633,7 @@ class Outbox:
                 report.duplicates += 1
             else:
                 report.delivered += 1
+            _note_withheld(entry, answer.body, report)
             return True
         status = answer.status
         if status == 401:
@@ -699,3 +706,13 @@ class Outbox:
         os.replace(self.pending / name, self.dead / name)
         _fsync_dir(self.dead)
         log.error("outbox dead-lettered unreadable file name=%s reason=%s", name, reason)
+
+
+def _note_withheld(entry: Entry, answer: dict[str, Any], report: DrainReport) -> None:
+    """Count and log a result the ingest app stored off the public collection by its gate."""
+    reason = answer.get("withheld_reason")
+    if isinstance(reason, str):
+        report.withheld += 1
+        log.warning("stored but not published id=%s reason=%s (list the model with "
+                    "`flask --app ingest_app models add` on the ingest host)",
+                    entry.record_id, reason)

@@ -146,7 +146,12 @@ def test_the_app_asks_for_partial_unique_indexes(spy, seeded_client, seeded):
     assert seeded_client.post("/ingest", json=result_payload(), headers=HEADERS).status_code == 201
     sent = {command["createIndexes"]: {ix["name"]: ix for ix in command["indexes"]}
             for command in spy.commands}
-    assert set(sent) == {"metrics_cloud_v2", "metrics_cloud_probe", "errors_cloud"}
+    assert set(sent) == {"metrics_cloud_v2", "metrics_cloud_probe", "errors_cloud",
+                         "bench_model_health", "models"}
+    # One health document a model, as the other writers index it (docs/contract.md section 5).
+    assert [ix for ix in sent["bench_model_health"].values() if ix.get("unique")] == \
+        [{"key": {"provider": 1, "model_id": 1}, "name": "provider_1_model_id_1", "unique": True}]
+    assert not [ix for ix in sent["models"].values() if ix.get("unique")]
     for collection, field in (("metrics_cloud_v2", "result_id"),
                               ("metrics_cloud_probe", "result_id"), ("errors_cloud", "error_id")):
         unique = [ix for ix in sent[collection].values() if ix.get("unique")]
@@ -161,9 +166,11 @@ def test_ensure_indexes_command_asks_for_partial_unique_indexes(spy, seeded, ing
     finally:
         application.extensions["bench_ingest.db"].close()
     assert outcome.exit_code == 0, outcome.output
-    partial = [ix["partialFilterExpression"] for command in spy.commands
+    partial = [ix.get("partialFilterExpression") for command in spy.commands
                for ix in command["indexes"] if ix.get("unique")]
-    assert partial == [{"result_id": {"$type": "string"}}] * 2 + [{"error_id": {"$type": "string"}}]
+    # The last is bench_model_health's (provider, model_id), which every document carries.
+    assert partial == [{"result_id": {"$type": "string"}}] * 2 + \
+        [{"error_id": {"$type": "string"}}, None]
 
 
 # An index listing as MongoDB reports it (listIndexes), for the clash check.

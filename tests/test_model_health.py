@@ -1,0 +1,243 @@
+"""bench_model_health: what the dashboard's status page reads, kept current by every write."""
+
+from __future__ import annotations
+
+import json
+import random
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.support.ingest import (
+    TEST_KEYS,
+    failure_payload,
+    gunicorn_env,
+    result_payload,
+    start_gunicorn,
+)
+
+HEALTH, MODELS = "bench_model_health", "models"
+MODEL = "sim.fast-v1"
+# Every field of the dashboard's BenchModelHealth schema but endpoint_tag (a model-level
+# document has none), plus revision, which the compare-and-swap of each update checks.
+FIELDS = {
+    "_id", "provider", "model_id", "enabled", "cadence_seconds", "last_success_at",
+    "last_attempt_at", "last_error_at", "last_error_kind", "last_error_message",
+    "consecutive_failures", "successes_24h", "failures_24h", "deadline_misses_24h",
+    "staleness_seconds", "freshness_status", "updated_at", "revision",
+}
+
+
+TIME_FIELDS = ("last_success_at", "last_attempt_at", "last_error_at", "updated_at")
+
+
+def ms(moment: datetime) -> datetime:
+    """A time as a BSON date keeps it (milliseconds), naive UTC as pymongo returns it."""
+    moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def stored_time(value):
+    """A stored health timestamp: a BSON date (naive UTC here) or null, never a string."""
+    assert value is None or isinstance(value, datetime), f"a health time stored as {value!r}"
+    return value
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def listed(mongo_db, model: str = MODEL, **fields) -> None:
+    mongo_db[MODELS].insert_one({"provider": "bedrock", "model_id": model,
+                                 "display_name": model, "enabled": True, "deprecated": False,
+                                 **fields})
+
+
+def state(mongo_db, model: str = MODEL) -> dict | None:
+    doc = mongo_db[HEALTH].find_one({"provider": "bedrock", "model_id": model})
+    if doc is not None:
+        for name in TIME_FIELDS:
+            if name in doc:
+                doc[name] = stored_time(doc[name])
+    return doc
+
+
+def test_a_stored_result_writes_every_field_the_dashboard_reads(client, auth_headers, mongo_db):
+    listed(mongo_db)
+    run_ts = datetime.now(UTC) - timedelta(minutes=3)
+    answer = client.post("/ingest", json=result_payload(run_ts=iso(run_ts)), headers=auth_headers)
+    assert answer.status_code == 201
+    doc = state(mongo_db)
+    assert set(doc) == FIELDS
+    assert doc["_id"] == f"bedrock:{MODEL}"
+    assert (doc["enabled"], doc["cadence_seconds"]) == (True, 3600)
+    assert doc["last_success_at"] == doc["last_attempt_at"] == ms(run_ts)
+    assert (doc["last_error_at"], doc["last_error_kind"], doc["last_error_message"]) == \
+        (None, None, None)
+    assert (doc["successes_24h"], doc["failures_24h"], doc["deadline_misses_24h"],
+            doc["consecutive_failures"]) == (1, 0, 0, 0)
+    assert doc["freshness_status"] == "fresh"
+    assert 170 <= doc["staleness_seconds"] <= 240
+    assert doc["updated_at"] >= ms(run_ts)
+
+
+def test_failures_count_until_a_newer_success_clears_them(client, auth_headers, mongo_db):
+    listed(mongo_db)
+    now = datetime.now(UTC)
+    for minutes, kind in ((50, "throttled"), (40, "timeout")):
+        answer = client.post("/ingest/error", headers=auth_headers, json=failure_payload(
+            model_name=MODEL, ts=iso(now - timedelta(minutes=minutes)), error_kind=kind,
+            message=f"{kind} while streaming"))
+        assert answer.status_code == 201
+    doc = state(mongo_db)
+    assert (doc["consecutive_failures"], doc["failures_24h"], doc["deadline_misses_24h"]) == \
+        (2, 2, 1)
+    assert (doc["last_error_kind"], doc["last_error_message"]) == \
+        ("timeout", "timeout while streaming")
+    assert doc["last_error_at"] == ms(now - timedelta(minutes=40))
+    assert (doc["last_success_at"], doc["freshness_status"]) == (None, "never_run")
+
+    client.post("/ingest", headers=auth_headers,
+                json=result_payload(run_ts=iso(now - timedelta(minutes=30))))
+    doc = state(mongo_db)
+    assert (doc["consecutive_failures"], doc["successes_24h"], doc["failures_24h"]) == (0, 1, 2)
+    assert (doc["last_error_at"], doc["last_error_kind"]) == (None, None)
+    assert doc["freshness_status"] == "fresh"
+
+
+def test_late_resends_never_move_a_timestamp_back_or_replace_a_newer_error(
+        client, auth_headers, mongo_db):
+    listed(mongo_db)
+    now = datetime.now(UTC)
+    client.post("/ingest", headers=auth_headers,
+                json=result_payload(run_ts=iso(now - timedelta(minutes=20))))
+    client.post("/ingest/error", headers=auth_headers, json=failure_payload(
+        model_name=MODEL, ts=iso(now - timedelta(minutes=10)), error_kind="throttled",
+        message="newest"))
+    # From an outbox: an older result and two older failures, one before the success.
+    client.post("/ingest", headers=auth_headers,
+                json=result_payload(run_ts=iso(now - timedelta(hours=2))))
+    client.post("/ingest/error", headers=auth_headers, json=failure_payload(
+        model_name=MODEL, ts=iso(now - timedelta(minutes=15)), error_kind="auth",
+        message="older, after the success"))
+    client.post("/ingest/error", headers=auth_headers, json=failure_payload(
+        model_name=MODEL, ts=iso(now - timedelta(hours=3)), error_kind="transient",
+        message="older than every success"))
+    doc = state(mongo_db)
+    assert doc["last_success_at"] == ms(now - timedelta(minutes=20))
+    assert doc["last_attempt_at"] == ms(now - timedelta(minutes=10))
+    assert (doc["last_error_at"], doc["last_error_kind"], doc["last_error_message"]) == \
+        (ms(now - timedelta(minutes=10)), "throttled", "newest")
+    # Failures after the newest success only: the one 3 h ago came before it.
+    assert (doc["consecutive_failures"], doc["successes_24h"], doc["failures_24h"]) == (2, 2, 3)
+
+
+def test_a_duplicate_or_a_conflict_does_not_touch_health(client, auth_headers, mongo_db):
+    listed(mongo_db)
+    result, failure = result_payload(), failure_payload(model_name=MODEL)
+    client.post("/ingest", json=result, headers=auth_headers)
+    client.post("/ingest/error", json=failure, headers=auth_headers)
+    before = state(mongo_db)
+    assert client.post("/ingest", json=result, headers=auth_headers).status_code == 200
+    assert client.post("/ingest/batch", json={"results": [result]},
+                       headers=auth_headers).get_json()["results"][0]["status"] == "duplicate"
+    assert client.post("/ingest/error", json=failure, headers=auth_headers).status_code == 200
+    changed = {**result, "tokens_per_second": 1.0}
+    assert client.post("/ingest", json=changed, headers=auth_headers).status_code == 409
+    assert state(mongo_db) == before
+
+
+def test_results_off_the_public_collection_do_not_count_as_successes(client, auth_headers,
+                                                                     mongo_db):
+    listed(mongo_db)
+    for role in ("shadow", "probe"):
+        assert client.post("/ingest", json=result_payload(sample_role=role),
+                           headers=auth_headers).status_code == 201
+    assert state(mongo_db) is None
+
+
+@pytest.mark.parametrize(("hours_ago", "status"), [(0.5, "fresh"), (2, "stale"), (4, "critical")])
+def test_freshness_is_judged_against_the_cadence(client, auth_headers, mongo_db, hours_ago,
+                                                  status):
+    listed(mongo_db)
+    run_ts = datetime.now(UTC) - timedelta(hours=hours_ago)
+    client.post("/ingest", json=result_payload(run_ts=iso(run_ts)), headers=auth_headers)
+    assert state(mongo_db)["freshness_status"] == status
+
+
+@pytest.mark.parametrize("entry", [None, {"enabled": False}, {"deprecated": True}])
+def test_a_model_not_listed_disabled_or_deprecated_is_disabled_in_health(
+        client, auth_headers, mongo_db, entry):
+    if entry is not None:
+        listed(mongo_db, **entry)
+    client.post("/ingest", json=result_payload(), headers=auth_headers)
+    doc = state(mongo_db)
+    assert (doc["enabled"], doc["freshness_status"], doc["staleness_seconds"]) == \
+        (False, "disabled", None)
+    assert doc["successes_24h"] == 1
+
+
+def test_a_health_document_of_another_writer_is_updated_in_place(client, auth_headers, mongo_db):
+    listed(mongo_db)
+    mongo_db[HEALTH].insert_one({"_id": f"bedrock:{MODEL}", "provider": "bedrock",
+                                 "model_id": MODEL, "consecutive_failures": 7,
+                                 "freshness_status": "critical", "deadline_misses_24h": 3})
+    client.post("/ingest", json=result_payload(), headers=auth_headers)
+    assert mongo_db[HEALTH].count_documents({}) == 1
+    doc = state(mongo_db)
+    assert (doc["consecutive_failures"], doc["freshness_status"], doc["deadline_misses_24h"]) == \
+        (0, "fresh", 0)
+
+
+def _post(url: str, path: str, body: dict) -> int:
+    request = urllib.request.Request(
+        url + path, data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json", "X-API-Key": TEST_KEYS["runner-a"]})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return answer.status
+
+
+def test_concurrent_workers_and_shuffled_resends_leave_exact_health(mongo_uri, mongo_db_name,
+                                                                    mongo_db):
+    listed(mongo_db)
+    rng = random.Random(11)
+    now = datetime.now(UTC)
+    results = [result_payload(run_ts=iso(now - timedelta(minutes=rng.randint(60, 600))))
+               for _ in range(30)]
+    failures = [failure_payload(model_name=MODEL, ts=iso(now - timedelta(minutes=m)),
+                                error_kind=rng.choice(["throttled", "timeout", "transient"]),
+                                message=f"failure {m} minutes ago")
+                for m in rng.sample(range(1, 600), 20)]
+    # An old failure outside the 24 h window: stored, never counted in it.
+    failures.append(failure_payload(model_name=MODEL, ts=iso(now - timedelta(hours=30))))
+    sends = [("/ingest", r) for r in results] + [("/ingest/error", f) for f in failures]
+    sends = sends + sends  # every record twice: the outbox's resends
+    rng.shuffle(sends)
+    with start_gunicorn(gunicorn_env(mongo_uri, mongo_db_name), workers=2) as server, \
+            ThreadPoolExecutor(max_workers=8) as pool:
+        codes = list(pool.map(lambda send: _post(server.url, *send), sends))
+    assert sorted(set(codes)) == [200, 201]
+    assert codes.count(201) == len(results) + len(failures)
+
+    doc = state(mongo_db)
+    run_times = [ms(datetime.fromisoformat(r["run_ts"])) for r in results]
+    failed = sorted(failures, key=lambda f: f["ts"])
+    newest_failure = failed[-1]
+    last_success = max(run_times)
+    assert doc["last_success_at"] == last_success
+    assert doc["last_attempt_at"] == max(last_success,
+                                         ms(datetime.fromisoformat(newest_failure["ts"])))
+    assert doc["successes_24h"] == 30
+    assert doc["failures_24h"] == 20
+    assert doc["deadline_misses_24h"] == sum(
+        f["error_kind"] == "timeout" for f in failures[:20])
+    after = [f for f in failures if ms(datetime.fromisoformat(f["ts"])) > last_success]
+    assert doc["consecutive_failures"] == len(after)
+    if after:
+        assert (doc["last_error_at"], doc["last_error_message"]) == (
+            ms(datetime.fromisoformat(newest_failure["ts"])), newest_failure["message"])
+    else:
+        assert doc["last_error_at"] is None
+    assert mongo_db[HEALTH].count_documents({}) == 1
