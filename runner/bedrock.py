@@ -347,11 +347,6 @@ class BedrockProvider:
         decode = _decode_speed(output_tokens, seen)
         visible = _visible_tokens(output_tokens, token_source, seen)
         ttft = _since(seen.first_text, seen.sent)
-        misc: dict[str, Any] = {}
-        if seen.reasoning_chunks:
-            misc["reasoning_chunks"] = seen.reasoning_chunks
-        if earlier:
-            misc["earlier_attempts"] = earlier
         return Result(
             provider=PROVIDER,
             model_name=model_id,
@@ -382,23 +377,18 @@ class BedrockProvider:
             visible_tokens_per_second=visible / generate_time,
             time_to_64_visible_tokens_seconds=seen.clock.time_to_mark,
             sample_role=profile.sample_role,
-            misc=misc or None,
+            misc=_misc(earlier, reasoning_chunks=seen.reasoning_chunks),
         )
 
     def _failure(self, model_id: str, profile: Profile, failed: _AttemptFailed,
                  first_ts: datetime, attempts: int, earlier: list[dict[str, Any]]) -> Failure:
         c = failed.classification
-        misc: dict[str, Any] = {}
-        if c.hint:
-            misc["hint"] = c.hint
-        if earlier:
-            misc["earlier_attempts"] = earlier
         return Failure(
             provider=PROVIDER, model_name=model_id, ts=first_ts, stage=failed.stage,
             error_kind=c.kind, message=c.message, region=self.region,
             benchmark_profile_id=profile.profile_id, exc_type=c.exc_type,
             provider_error_code=c.code, http_status=c.http_status,
-            request_id=failed.request_id, attempts=attempts, misc=misc or None,
+            request_id=failed.request_id, attempts=attempts, misc=_misc(earlier, hint=c.hint),
         )
 
     def _backoff_delay(self, attempt: int, kind: str) -> float:
@@ -513,6 +503,14 @@ def _visible_tokens(output_tokens: int, from_usage: str, seen: _Stream) -> int:
 
 def _since(t: float | None, start: float) -> float | None:
     return None if t is None else t - start
+
+
+def _misc(earlier: list[dict[str, Any]], **notes: Any) -> dict[str, Any] | None:
+    """A record's misc: the notes that hold something, then the retried attempts; None if empty."""
+    misc = {name: value for name, value in notes.items() if value}
+    if earlier:
+        misc["earlier_attempts"] = earlier
+    return misc or None
 
 
 def _summary(failed: _AttemptFailed, attempt: int) -> dict[str, Any]:
