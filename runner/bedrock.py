@@ -418,17 +418,10 @@ class BedrockProvider:
         return _catalogue(models, profiles)
 
     def _list_profiles(self) -> list[dict[str, Any]]:
-        profiles: list[dict[str, Any]] = []
-        token = None
-        while True:
-            args: dict[str, Any] = {"typeEquals": "SYSTEM_DEFINED", "maxResults": 100}
-            if token:
-                args["nextToken"] = token
-            page = self._control.list_inference_profiles(**args)
-            profiles.extend(page.get("inferenceProfileSummaries", []))
-            token = page.get("nextToken")
-            if not token:
-                return profiles
+        # list_foundation_models is not paged (botocore has no paginator for it).
+        pages = self._control.get_paginator("list_inference_profiles").paginate(
+            typeEquals="SYSTEM_DEFINED", PaginationConfig={"PageSize": 100})
+        return [profile for page in pages for profile in page.get("inferenceProfileSummaries", [])]
 
     def close(self) -> None:
         """Close the clients and their pooled connections."""
