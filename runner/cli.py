@@ -8,6 +8,7 @@ boto3 and requests are imported inside the commands that use them so that
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -40,6 +41,8 @@ class ExitCode(IntEnum):
     DEAD = 5, "the ingest API refused records for good (see `outbox status`)"
     OUTBOX_FULL = 6, "outbox over its bound or disk full: nothing new measured"
     AUTH = 7, f"the ingest API refused the key: check {cfg.ENV_API_KEY}"
+    # The shell's code for SIGINT (128 + 2): Ctrl-C is not "some model failed".
+    INTERRUPTED = 130, "interrupted (Ctrl-C): the models in flight were finished and queued"
 
     help: str
 
@@ -172,6 +175,28 @@ def _configure_logging(level: str) -> None:
 
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_redact_secrets)
+
+
+def _redact_secrets(record: Any) -> bool:
+    """Scrub credentials from every line, the SDK's own debug lines included.
+
+    botocore logs the signed headers at debug level (the session token, the access key id
+    in the Authorization header); no log level may show a credential.
+    """
+    import os
+
+    from .failures import redact
+
+    text = redact(record.getMessage())
+    for name in (cfg.ENV_API_KEY, "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_ACCESS_KEY_ID"):
+        value = os.environ.get(name, "").strip()
+        if len(value) >= 8 and value in text:
+            text = text.replace(value, "[redacted]")
+    record.msg, record.args = text, None
+    return True
 
 
 def _settings(opts: dict[str, Any], *, need_models: bool, need_delivery: bool) -> cfg.Settings:
@@ -186,6 +211,10 @@ def _settings(opts: dict[str, Any], *, need_models: bool, need_delivery: bool) -
         settings.check(need_models=need_models, need_delivery=need_delivery)
     except cfg.ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
+    if need_delivery and settings.cleartext_host:
+        click.echo(f"bench-runner: warning: {cfg.ENV_INGEST_URL} is plain http:// to "
+                   f"{settings.cleartext_host}: the key goes in clear text "
+                   f"({cfg.ENV_ALLOW_HTTP} is set)", err=True)
     return settings
 
 
@@ -287,6 +316,10 @@ def once(ctx: click.Context, as_json: bool, log_level: str, **opts: Any) -> None
         provider.close()
         _restore_signals(previous)
     code = exit_code(report)
+    interrupted = stop.signum == signal.SIGINT
+    if interrupted:
+        # Ctrl-C gets the shell's code, whatever else happened (the lines below say that).
+        code = ExitCode.INTERRUPTED
     if as_json:
         import json
 
@@ -297,6 +330,9 @@ def once(ctx: click.Context, as_json: bool, log_level: str, **opts: Any) -> None
         click.echo(_delivery_line(report))
     for problem in report.problems():
         click.echo(f"bench-runner: {problem}", err=True)
+    if interrupted:
+        click.echo("bench-runner: interrupted (Ctrl-C): the models in flight were finished "
+                   "and queued; run again to measure the rest", err=True)
     ctx.exit(int(code))
 
 
@@ -305,9 +341,11 @@ class _StopSignal:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # the signal that asked, if one did
 
-    def set(self) -> None:
+    def set(self, signum: int | None = None) -> None:
         self.requested = True
+        self.signum = self.signum or signum
 
     def is_set(self) -> bool:
         return self.requested
@@ -329,7 +367,7 @@ def _catch_stop_signals(stop: _StopSignal) -> dict[int, Any]:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def handler(signum: int, _frame: Any) -> None:
-        stop.set()
+        stop.set(signum)
         signal.signal(signum, previous[signum])
 
     for sig in previous:

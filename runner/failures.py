@@ -106,9 +106,17 @@ _TEXT_KINDS = (
 )
 _SECRETS = (
     re.compile(r"(x-amz-security-token[:=]\s*)\S+", re.I),
+    # botocore's debug lines print the headers as a dict: 'X-Amz-Security-Token': b'...'
+    re.compile(r"(x-amz-security-token['\"]?\s*[:=,]\s*b?['\"])[^'\"]+", re.I),
+    re.compile(r"(Credential=)[^/\s,'\"]+", re.I),
     re.compile(r"(Signature=)[0-9a-f]+", re.I),
     re.compile(r"()\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),
 )
+# Bedrock's words for a model id it does not know: the fix is to look the id up.
+_UNKNOWN_MODEL = re.compile(r"model identifier is invalid|model not found|"
+                            r"could not resolve the foundation model", re.I)
+UNKNOWN_MODEL_HINT = ("check the model id: `bench-runner models` lists the ids this region "
+                      "offers")
 
 
 def profile_hint(model_id: str | None) -> str:
@@ -161,6 +169,9 @@ def classify(exc: BaseException, *, model_id: str | None = None) -> Classificati
     elif refinable and _ON_DEMAND.search(sdk_message):
         kind = "invalid_request"
         hint = profile_hint(model_id)
+        message = f"{message} Hint: {hint}."
+    elif refinable and _UNKNOWN_MODEL.search(sdk_message):
+        hint = UNKNOWN_MODEL_HINT
         message = f"{message} Hint: {hint}."
     return Classification(kind=kind, message=message, exc_type=names[0], code=code,
                           http_status=status if isinstance(status, int) else None,

@@ -7,7 +7,9 @@ process listing or a shell history.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ ENV_PROVIDER = "BENCH_RUNNER_PROVIDER"
 ENV_CONCURRENCY = "BENCH_RUNNER_CONCURRENCY"
 ENV_MAX_PENDING = "BENCH_RUNNER_MAX_PENDING"
 ENV_LOG_LEVEL = "BENCH_RUNNER_LOG_LEVEL"
+ENV_ALLOW_HTTP = "BENCH_RUNNER_ALLOW_HTTP"
 # systemd sets this for a unit with StateDirectory=.
 ENV_SYSTEMD_STATE = "STATE_DIRECTORY"
 
@@ -33,6 +36,33 @@ DEFAULT_CONCURRENCY = 1
 DEFAULT_MAX_PENDING = 10_000
 DEFAULT_CALL_TIMEOUT = 120.0
 DEFAULT_RETRIES = 2
+
+
+# What a Bedrock model id, inference-profile id or ARN is made of; a space, a semicolon, a
+# bracket or a quote means the list was written in another form than comma-separated.
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
+_MODEL_TOKEN = re.compile(r"[^\s;,\[\]\"'{}]+")
+
+
+def is_local_host(host: str) -> bool:
+    """True for this machine's own names and loopback addresses."""
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(
+            ".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def url_host(url: str) -> str:
+    """The host part of an http(s) URL, brackets of an IPv6 address removed."""
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
 
 
 class ConfigError(Exception):
@@ -78,6 +108,9 @@ class Settings:
     concurrency: int = DEFAULT_CONCURRENCY
     profile: Profile = field(default_factory=Profile)
     max_pending: int = DEFAULT_MAX_PENDING
+    # Plain http:// to a host that is not this one sends the key in clear text: refused
+    # unless BENCH_RUNNER_ALLOW_HTTP says the network is trusted.
+    allow_http: bool = False
     call_timeout: float = DEFAULT_CALL_TIMEOUT
     retries: int = DEFAULT_RETRIES
     # HTTP to the ingest API: (connect, read) seconds, and urllib3's in-call retries.
@@ -106,16 +139,34 @@ class Settings:
         """POST target for failures."""
         return f"{self.ingest_url}/error"
 
+    @property
+    def cleartext_host(self) -> str:
+        """The host a plain http:// INGEST_API_URL names, unless it is this machine; else ""."""
+        if not self.ingest_url.lower().startswith("http://"):
+            return ""
+        host = url_host(self.ingest_url)
+        return "" if is_local_host(host) else (host or self.ingest_url)
+
     def problems(self, *, need_models: bool, need_delivery: bool) -> list[str]:
         """Every reason this configuration cannot run, as short phrases."""
         out: list[str] = []
         if need_models and not self.models:
             out.append(f"no models (use --models or set {ENV_MODELS})")
+        bad = [m for m in self.models if not _MODEL_ID.fullmatch(m)]
+        if need_models and bad:
+            wanted = ",".join(dict.fromkeys(_MODEL_TOKEN.findall(" ".join(self.models))))
+            out.append(f"{ENV_MODELS} (or --models) holds {bad[0]!r}, which is not a model id: "
+                       f"give comma-separated ids, without spaces, quotes or brackets, e.g. "
+                       f"{ENV_MODELS}={wanted or 'amazon.nova-micro-v1:0'}")
         if need_delivery:
             if not self.ingest_url:
                 out.append(f"{ENV_INGEST_URL} is not set (the ingest API's POST /ingest URL)")
             elif not self.ingest_url.startswith(("http://", "https://")):
                 out.append(f"{ENV_INGEST_URL} must start with http:// or https://")
+            elif self.cleartext_host and not self.allow_http:
+                out.append(f"{ENV_INGEST_URL} is plain http:// to {self.cleartext_host}, so the "
+                           f"key would cross the network in clear text: use https:// (or set "
+                           f"{ENV_ALLOW_HTTP}=1 on a network you trust)")
             if not self.api_key:
                 out.append(f"{ENV_API_KEY} is not set (this runner's key, from INGEST_API_KEYS)")
             elif not self.api_key.isascii() or any(c.isspace() for c in self.api_key):
@@ -176,4 +227,5 @@ def load(
         profile=Profile(prompt=prompt, max_tokens=max_tokens, temperature=temperature,
                         profile_id=profile_id),
         max_pending=max_pending,
+        allow_http=env.get(ENV_ALLOW_HTTP, "").strip().lower() in ("1", "true", "yes", "on"),
     )

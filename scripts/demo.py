@@ -347,12 +347,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--real-bedrock", action="store_true",
                         help="measure real Bedrock with your AWS credentials instead of the "
                              "simulator (costs money; needs --models or BENCHMARK_MODELS)")
-    parser.add_argument("--models", default=os.environ.get("BENCHMARK_MODELS", ""),
-                        help="comma-separated model ids (default: the simulator's models)")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated model ids (default: the simulator's models; "
+                             "with --real-bedrock, BENCHMARK_MODELS)")
     parser.add_argument("--region", default=None, help="AWS region for --real-bedrock")
     parser.add_argument("--workdir", type=Path, default=REPO / ".demo",
                         help="where the database, the outbox and the logs go")
     return parser.parse_args(argv)
+
+
+def demo_models(args: argparse.Namespace) -> tuple[list[str], set[str]]:
+    """The models to measure and those meant to fail; says aloud what a shell's
+    BENCHMARK_MODELS did, since a leftover one would change the run unseen."""
+    shell = os.environ.get("BENCHMARK_MODELS", "").strip()
+    chosen = args.models
+    if args.real_bedrock:
+        if chosen is None and shell:
+            print(f"demo: using BENCHMARK_MODELS from your shell: {shell}", file=sys.stderr)
+            chosen = shell
+        return [m.strip() for m in (chosen or "").split(",") if m.strip()], set()
+    if chosen is None and shell:
+        print(f"demo: BENCHMARK_MODELS={shell} in your shell is ignored: the demo measures "
+              f"the simulator's own models (pass --models to choose)", file=sys.stderr)
+    models, failing = simulated_models()
+    if chosen:
+        models = [m.strip() for m in chosen.split(",") if m.strip()]
+    return models, failing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,16 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     key = secrets.token_urlsafe(32)
     services = Services(workdir)
 
-    if args.real_bedrock:
-        models = [m.strip() for m in args.models.split(",") if m.strip()]
-        if not models:
-            print("--real-bedrock needs --models (or BENCHMARK_MODELS)", file=sys.stderr)
-            return 2
-        failing: set[str] = set()
-    else:
-        models, failing = simulated_models()
-        if args.models:
-            models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models, failing = demo_models(args)
+    if not models:
+        print("--real-bedrock needs --models (or BENCHMARK_MODELS)", file=sys.stderr)
+        return 2
 
     ok = False
     with terminated_as_interrupt():

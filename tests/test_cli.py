@@ -485,7 +485,9 @@ def test_daemon_exits_7_when_the_ingest_api_refuses_the_key(env, sim, scripted_i
     assert SCRIPTED_KEY not in result.stderr
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+# SIGINT (Ctrl-C) stops the run the same way but exits 130: see
+# test_ctrl_c_during_once_says_interrupted_and_exits_130.
+@pytest.mark.parametrize("sig", [signal.SIGTERM])
 def test_once_stopped_mid_run_keeps_the_result_in_flight_and_starts_no_new_model(
         env, bedrock_sim, scripted_ingest, sig):
     # systemctl stop, a start timeout or Ctrl-C: the model being measured is finished and
@@ -529,3 +531,97 @@ def test_a_credential_error_that_quotes_a_key_is_printed_redacted(env, sim, tmp_
     (line,) = result.stderr.strip().splitlines()
     assert "Cannot load AWS credentials" in line
     assert "AKIAIOSFODNN7EXAMPLE" not in line
+
+
+# -- mistakes a newcomer makes (docs/reliability.md, user mistakes) ------------------------
+
+
+@pytest.mark.parametrize("models,expected", [
+    ("sim.a-v1; sim.b-v1", "BENCHMARK_MODELS=sim.a-v1,sim.b-v1"),
+    ("sim.a-v1 sim.b-v1", "BENCHMARK_MODELS=sim.a-v1,sim.b-v1"),
+    ('["sim.a-v1"]', "BENCHMARK_MODELS=sim.a-v1"),
+    ("sim.a-v1,'sim.b-v1'", "BENCHMARK_MODELS=sim.a-v1,sim.b-v1"),
+])
+def test_models_in_another_form_are_a_config_error_that_shows_the_expected_form(
+        env, sim, scripted_ingest, models, expected):
+    result = invoke(["once"], {**env, **sim.env, "BENCHMARK_MODELS": models})
+    assert result.exit_code == ExitCode.CONFIG
+    (line,) = result.stderr.strip().splitlines()
+    assert "BENCHMARK_MODELS" in line
+    assert "comma-separated" in line and line.endswith(expected)
+    assert sim.stats()["calls"] == {}
+    assert scripted_ingest.requests == []
+
+
+def test_an_unknown_model_id_points_at_bench_runner_models(env, sim, scripted_ingest):
+    result = invoke(["once", "--models", "sim.no-such-v1"], {**env, **sim.env})
+    assert result.exit_code == ExitCode.MODEL_FAILED
+    assert "sim.no-such-v1: FAILED" in result.output
+    assert "bench-runner models" in result.output
+    (stored,) = scripted_ingest.stored.values()
+    assert "bench-runner models" in stored["message"]
+
+
+def test_ctrl_c_during_once_says_interrupted_and_exits_130(env, bedrock_sim, scripted_ingest):
+    # The model in flight is still finished and delivered; the run then says it was
+    # interrupted, with the shell's code for SIGINT, not "some model failed".
+    sim = bedrock_sim({"models": {"sim.slow-v1": {**FAST, "ttft": 1.0}, "sim.a-v1": FAST}})
+    full = {k: v for k, v in os.environ.items()
+            if not k.startswith(("INGEST_", "BENCHMARK_", "BENCH_RUNNER_"))}
+    full.update(env)
+    full.update(sim.env)
+    full["BENCHMARK_MODELS"] = "sim.slow-v1,sim.a-v1"
+    proc = subprocess.Popen([BENCH_RUNNER, "once"], env=full, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while sim.calls("sim.slow-v1") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == ExitCode.INTERRUPTED == 130, err
+    assert "interrupted" in err
+    assert [d["model_name"] for d in scripted_ingest.stored.values()] == ["sim.slow-v1"]
+    assert sim.calls("sim.a-v1") == 0
+    assert "not measured: sim.a-v1" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("url", ["http://ingest.example.org/ingest",
+                                 "http://10.1.2.3:8000/ingest"])
+def test_a_plain_http_url_to_another_host_is_refused_unless_allowed(env, url):
+    refused = invoke(["outbox", "flush"], {**env, "INGEST_API_URL": url})
+    assert refused.exit_code == ExitCode.CONFIG
+    (line,) = refused.stderr.strip().splitlines()
+    assert "https://" in line and "BENCH_RUNNER_ALLOW_HTTP" in line
+    assert SCRIPTED_KEY not in refused.output
+    allowed = invoke(["outbox", "flush"], {**env, "INGEST_API_URL": url,
+                                           "BENCH_RUNNER_ALLOW_HTTP": "1"})
+    assert allowed.exit_code == ExitCode.OK
+    assert "clear text" in allowed.stderr
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/ingest", "http://localhost:9/ingest",
+                                 "http://[::1]:9/ingest"])
+def test_a_plain_http_url_to_this_host_needs_no_setting(env, url):
+    result = invoke(["outbox", "flush"], {**env, "INGEST_API_URL": url})
+    assert result.exit_code == ExitCode.OK
+    assert "clear text" not in result.stderr
+
+
+def test_no_log_level_shows_a_credential(env, sim, scripted_ingest):
+    # botocore's own debug lines print the signed headers: the session token and the
+    # access key id in the Authorization header.
+    secrets = {"AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+               "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+               "AWS_SESSION_TOKEN": "IQoJb3JpZ2luX2VjEXAMPLETOKENFwoGZXIvYXdzEXAMPLE"}
+    result = run_cli(["once", "--log-level", "debug"], {**env, **sim.env, **secrets})
+    assert result.returncode == ExitCode.OK, result.stderr[-2000:]
+    assert "botocore" in result.stderr  # the debug lines are there
+    for secret in [*secrets.values(), SCRIPTED_KEY]:
+        assert secret not in result.stderr
+        assert secret not in result.stdout
