@@ -152,14 +152,14 @@ class SoakReport:
     flushes: int = 0
     runner_starts: int = 0
     daemon_exit: int | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # anything else that went wrong
 
     @property
     def ok(self) -> bool:
         """The promise held and the soak did something."""
         return (self.results > 0 and not self.duplicates and not self.lost and not self.unseen
                 and not self.dead and not self.pending and self.daemon_exit == 0
-                and not self.server_errors)
+                and not self.server_errors and not self.notes)
 
     @property
     def server_errors(self) -> int:
