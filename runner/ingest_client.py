@@ -21,12 +21,11 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError, InvalidHeader, MaxRetryError
 from urllib3.util.retry import Retry
 
-import bench_contract as contract
-
 from . import __version__
-from .outbox import encode
+from .payload import BodyTooLarge
+from .payload import body as encode_body
 from .records import Result
-from .settings import Settings
+from .settings import ENV_API_KEY, ENV_INGEST_URL, Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +38,6 @@ INLINE_RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_ANSWER_BYTES = 1 << 20
 _TITLE = re.compile(r"<title>\s*(.*?)\s*</title>", re.IGNORECASE | re.DOTALL)
 # Answers that never change on a resend (docs/contract.md section 2).
-
-
-class BodyTooLarge(ValueError):
-    """A body the contract's limit forbids sending."""
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -132,6 +127,15 @@ class Answer:
         text = f"HTTP {self.status}" + (f": {message}" if message else "")
         return text + (f" ({self.error})" if self.error else "")
 
+    @property
+    def hint(self) -> str | None:
+        """Which of this runner's settings an answer points at, if any."""
+        if self.status == 401:
+            return f"check {ENV_API_KEY}"
+        if self.status in (404, 405) or (self.status is not None and 300 <= self.status < 400):
+            return f"is {ENV_INGEST_URL} the full URL of POST /ingest?"
+        return None
+
 
 class IngestClient:
     """Posts results and failures to the ingest API."""
@@ -165,10 +169,7 @@ class IngestClient:
 
     def post(self, url: str, payload: Any) -> Answer:
         """POST one JSON body; never raises for the network or the answer."""
-        body = encode(payload)
-        if len(body) > contract.MAX_BODY_BYTES:
-            raise BodyTooLarge(
-                f"body of {len(body)} bytes is over the contract's {contract.MAX_BODY_BYTES}")
+        body = encode_body(payload)
         deadline = time.monotonic() + self.settings.http_deadline
         connect, read = self.settings.http_timeout
         try:

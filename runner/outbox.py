@@ -33,8 +33,9 @@ from typing import Any
 
 import bench_contract as contract
 
+from .payload import BATCH_ENVELOPE_BYTES, BodyTooLarge, batches, body, encode
 from .records import Failure, Result
-from .settings import ENV_INGEST_URL, Settings
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ OWN_FAULT_STATUSES = frozenset({500})
 MAX_RECORD_FILE_BYTES = 2 * contract.MAX_BODY_BYTES + 64 * 1024
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 REASON_SUFFIX = ".reason.json"
-# Batch envelope overhead: {"results":[ ... ]} plus one comma per item.
-_ENVELOPE_BYTES = 16
 
 
 class OutboxFull(Exception):
@@ -60,12 +59,6 @@ class OutboxFull(Exception):
 
 class OutboxBusy(Exception):
     """Another process is draining this outbox right now."""
-
-
-def encode(payload: Any) -> bytes:
-    """The exact bytes sent for a payload: compact UTF-8 JSON, NaN and Infinity refused."""
-    return json.dumps(payload, allow_nan=False, ensure_ascii=False,
-                      separators=(",", ":")).encode("utf-8")
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -93,6 +86,7 @@ class _Unproven:
     body: Any = None
     retry_after: float | None = None
     delivered: bool = False
+    hint: str | None = None
 
     def describe(self) -> str:
         return self.error
@@ -538,32 +532,18 @@ class Outbox:
 
     def _send_results(self, client: Any, results: list[Entry], report: DrainReport) -> bool:
         """Send results in batches, in order; False means stop draining."""
-        return all(self._send_batch(client, batch, report) for batch in self._batches(results))
+        return all(self._send_batch(client, batch, report)
+                   for batch in batches(results, lambda entry: entry.payload))
 
     def _unsendable(self, entry: Entry) -> str | None:
         """Why a record can never be sent (checked when queued, and when a requeued one drains)."""
         try:
-            size = len(encode(entry.payload))
+            body(entry.payload)
+        except BodyTooLarge as exc:
+            return f"refused to send: {exc}"
         except (TypeError, ValueError) as exc:  # NaN, or a value JSON has no form for
             return f"not valid JSON, never sent: {exc}"
-        if size > contract.MAX_BODY_BYTES:
-            return (f"refused to send: body of {size} bytes is over the contract's "
-                    f"{contract.MAX_BODY_BYTES}")
         return None
-
-    def _batches(self, entries: list[Entry]) -> Iterator[list[Entry]]:
-        batch: list[Entry] = []
-        size = _ENVELOPE_BYTES
-        for entry in entries:
-            item = len(encode(entry.payload)) + 1
-            if batch and (len(batch) >= contract.MAX_BATCH_ITEMS
-                          or size + item > contract.MAX_BODY_BYTES):
-                yield batch
-                batch, size = [], _ENVELOPE_BYTES
-            batch.append(entry)
-            size += item
-        if batch:
-            yield batch
 
     def _post(self, client: Any, kind: str, payloads: Any) -> Any:
         if kind == "batch":
@@ -572,9 +552,11 @@ class Outbox:
 
     def _send_batch(self, client: Any, batch: list[Entry], report: DrainReport) -> bool:
         """Send one batch; False means stop draining."""
-        if len(batch) == 1 and len(encode(batch[0].payload)) + _ENVELOPE_BYTES > \
-                contract.MAX_BODY_BYTES:
-            return self._send_one(client, batch[0], report)
+        if len(batch) == 1:
+            try:
+                body(batch[0].payload, overhead=BATCH_ENVELOPE_BYTES)
+            except BodyTooLarge:  # fits alone, not in an envelope
+                return self._send_one(client, batch[0], report)
         answer = self._post(client, "batch", [e.payload for e in batch])
         items = answer.body.get("results") if isinstance(answer.body, dict) else None
         if answer.status == 200 and isinstance(items, list) and len(items) == len(batch):
@@ -636,14 +618,16 @@ class Outbox:
             _note_withheld(entry, answer.body, report)
             return True
         status = answer.status
+        # The client's hint names the setting to check: the outbox knows none of them.
+        hint = answer.hint
         if status == 401:
             self._bury(entry, status, answer.body,
-                       "the ingest API refused the key (check INGEST_API_KEY)")
+                       "the ingest API refused the key" + (f" ({hint})" if hint else ""))
             report.dead += 1
             if not report.auth_refused:
                 report.problems.append(
-                    "the ingest API answered 401: check INGEST_API_KEY, then move the refused "
-                    "records back with `bench-runner outbox requeue`")
+                    "the ingest API answered 401" + (f": {hint}" if hint else "")
+                    + ", then move the refused records back with `bench-runner outbox requeue`")
             report.auth_refused = True
             return False
         if status in PERMANENT_STATUSES:
@@ -659,8 +643,8 @@ class Outbox:
         self._schedule(entry, status, answer.describe(), answer.retry_after, counted=True)
         report.retry_later += 1
         problem = f"ingest API not taking records ({answer.describe()}); they wait in pending/"
-        if status in (404, 405) or (status is not None and 300 <= status < 400):
-            problem += f" (is {ENV_INGEST_URL} the full URL of POST /ingest?)"
+        if hint:
+            problem += f" ({hint})"
         if problem not in report.problems:
             report.problems.append(problem)
         return False

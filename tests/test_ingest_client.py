@@ -9,7 +9,8 @@ from email.utils import format_datetime
 import pytest
 
 import bench_contract as contract
-from runner.ingest_client import BodyTooLarge, IngestClient, log_http, parse_retry_after
+from runner.ingest_client import IngestClient, log_http, parse_retry_after
+from runner.payload import BodyTooLarge
 from tests.support.mongo import free_port
 from tests.support.runner import SCRIPTED_KEY, Scripted, make_result
 

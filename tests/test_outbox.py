@@ -311,6 +311,18 @@ def test_unauthorized_dead_letters_what_was_sent_and_stops_the_drain(
     assert report.pending_left == 1
 
 
+def test_a_wrong_ingest_url_keeps_the_records_and_names_the_setting(
+        outbox, client, scripted_ingest):
+    outbox.put(make_failure("first"))
+    scripted_ingest.script("/ingest/error", Scripted(404, {"error": {"code": "not_found",
+                                                                     "message": "no route"}}))
+    report = outbox.drain(client)
+    assert "is INGEST_API_URL the full URL of POST /ingest?" in report.problems[0]
+    assert report.pending_left == 1
+    assert report.dead == 0
+    assert files(outbox.dead) == []
+
+
 def test_server_error_is_retried_a_few_times_then_dead_lettered(
         make_settings, scripted_ingest):
     settings = make_settings(ingest_url=scripted_ingest.ingest_url, retry_base=0.0,
