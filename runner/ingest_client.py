@@ -22,9 +22,7 @@ from urllib3.exceptions import HTTPError, InvalidHeader, MaxRetryError
 from urllib3.util.retry import Retry
 
 from . import __version__
-from .payload import BodyTooLarge
 from .payload import body as encode_body
-from .records import Result
 from .settings import ENV_API_KEY, ENV_INGEST_URL, Settings
 
 log = logging.getLogger(__name__)
@@ -259,21 +257,3 @@ def _read_bounded(response: requests.Response, deadline: float,
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [""])[0][:300]
-
-
-def log_http(config: Settings, metrics: Result | dict[str, Any]) -> bool:
-    """Post one result straight to /ingest, without the outbox: True when it is stored.
-
-    The seed's API, kept for scripts; `bench-runner` never delivers this way, since a
-    False here leaves the result only with the caller.
-    """
-    payload = metrics.to_payload() if isinstance(metrics, Result) else metrics
-    with IngestClient(config) as client:
-        try:
-            answer = client.post_result(payload)
-        except (BodyTooLarge, ValueError) as exc:
-            log.error("result not sent: %s", exc)
-            return False
-    if not answer.delivered:
-        log.warning("result not stored: %s", answer.describe())
-    return answer.delivered

@@ -1,4 +1,4 @@
-"""The ingest client: what goes on the wire, how answers come back, the seed's log_http."""
+"""The ingest client: what goes on the wire and how answers come back."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from email.utils import format_datetime
 import pytest
 
 import bench_contract as contract
-from runner.ingest_client import IngestClient, log_http, parse_retry_after
+from runner.ingest_client import IngestClient, parse_retry_after
 from runner.payload import BodyTooLarge
 from tests.support.mongo import free_port
 from tests.support.runner import SCRIPTED_KEY, Scripted, make_result
@@ -20,10 +20,14 @@ def settings(make_settings, scripted_ingest):
     return make_settings(ingest_url=scripted_ingest.ingest_url)
 
 
-def test_log_http_posts_one_result_with_the_key_and_reports_it_stored(
-        settings, scripted_ingest):
+def post_result(settings, payload):
+    with IngestClient(settings) as client:
+        return client.post_result(payload)
+
+
+def test_a_result_is_posted_with_the_key_and_answered_stored(settings, scripted_ingest):
     result = make_result()
-    assert log_http(settings, result) is True
+    assert post_result(settings, result.to_payload()).delivered is True
     (post,) = scripted_ingest.posts("/ingest")
     assert post.headers["X-API-Key"] == SCRIPTED_KEY
     assert post.headers["Content-Type"] == "application/json"
@@ -31,18 +35,18 @@ def test_log_http_posts_one_result_with_the_key_and_reports_it_stored(
     assert post.json() == result.to_payload()
 
 
-def test_log_http_counts_a_duplicate_as_stored(settings, scripted_ingest):
+def test_a_duplicate_counts_as_delivered(settings, scripted_ingest):
     result = make_result()
-    assert log_http(settings, result.to_payload()) is True
-    assert log_http(settings, result.to_payload()) is True
+    assert post_result(settings, result.to_payload()).delivered is True
+    assert post_result(settings, result.to_payload()).delivered is True
     assert len(scripted_ingest.posts("/ingest")) == 2
     assert len(scripted_ingest.stored) == 1
 
 
-def test_log_http_reports_a_refusal_as_not_stored(settings, scripted_ingest):
+def test_a_refusal_is_not_delivered(settings, scripted_ingest):
     scripted_ingest.script("/ingest", Scripted(422, {"error": {"code": "invalid",
                                                                "message": "bad field"}}))
-    assert log_http(settings, make_result()) is False
+    assert post_result(settings, make_result().to_payload()).delivered is False
 
 
 def test_body_over_the_contract_limit_is_refused_before_sending(settings, scripted_ingest):
@@ -106,8 +110,8 @@ def test_the_key_never_appears_in_log_lines(settings, scripted_ingest, caplog):
     caplog.set_level(logging.DEBUG)
     scripted_ingest.script("/ingest", Scripted(401, {"error": {"code": "unauthorized",
                                                                "message": "bad key"}}))
-    log_http(settings, make_result())
-    log_http(settings, make_result())
+    post_result(settings, make_result().to_payload())
+    post_result(settings, make_result().to_payload())
     assert caplog.records
     assert SCRIPTED_KEY not in caplog.text
     assert SCRIPTED_KEY not in repr(settings)
