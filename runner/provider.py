@@ -64,9 +64,6 @@ class Provider(Protocol):
         """Release clients and connections."""
 
 
-PROVIDER_NAMES = contract.PROVIDERS
-
-
 def get_provider(name: str, *, region: str | None, concurrency: int = 1,
                  call_timeout: float = 120.0, retries: int = 2) -> Provider:
     """The provider called `name`, configured but not yet warm; SetupError if unknown."""
@@ -75,4 +72,4 @@ def get_provider(name: str, *, region: str | None, concurrency: int = 1,
 
         return BedrockProvider(region=region, concurrency=concurrency,
                                call_timeout=call_timeout, retries=retries)
-    raise SetupError(f"unknown provider {name!r}; known providers: {', '.join(PROVIDER_NAMES)}")
+    raise SetupError(f"unknown provider {name!r}; known providers: {', '.join(contract.PROVIDERS)}")

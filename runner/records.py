@@ -151,6 +151,3 @@ class Failure:
     def to_payload(self) -> dict[str, Any]:
         """The JSON object POSTed to /ingest/error."""
         return _payload(self)
-
-
-Measurement = Result | Failure

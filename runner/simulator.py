@@ -635,11 +635,6 @@ def _usage(plan: StreamPlan) -> dict[str, int]:
             "totalTokens": plan.input_tokens + plan.output_tokens}
 
 
-def make_server(host: str, port: int, config: SimulatorConfig) -> SimulatorServer:
-    """A bound simulator server; call `serve_forever()` to start answering."""
-    return SimulatorServer((host, port), config)
-
-
 def run(host: str, port: int, config_path: Path | None,
         on_listening: Callable[[str], None] | None = None) -> None:
     """Serve until SIGINT or SIGTERM, logging one line with the endpoint URL.
@@ -648,7 +643,7 @@ def run(host: str, port: int, config_path: Path | None,
     port the kernel picked, not 0.
     """
     config = SimulatorConfig.from_file(config_path) if config_path else SimulatorConfig.default()
-    server = make_server(host, port, config)
+    server = SimulatorServer((host, port), config)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
