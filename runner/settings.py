@@ -171,12 +171,6 @@ class Settings:
                 out.append(f"{ENV_API_KEY} is not set (this runner's key, from INGEST_API_KEYS)")
             elif not self.api_key.isascii() or any(c.isspace() for c in self.api_key):
                 out.append(f"{ENV_API_KEY} must be printable ASCII without spaces")
-        if self.concurrency < 1:
-            out.append("--concurrency must be at least 1")
-        if self.max_pending < 1:
-            out.append(f"{ENV_MAX_PENDING} must be at least 1")
-        if self.profile.max_tokens < 1:
-            out.append("--max-tokens must be at least 1")
         default = Profile()
         changed = (self.profile.prompt, self.profile.max_tokens, self.profile.temperature) != (
             default.prompt, default.max_tokens, default.temperature)

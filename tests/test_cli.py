@@ -122,6 +122,22 @@ def test_every_problem_is_named_on_the_one_line(tmp_path):
     assert "no models" in line and "INGEST_API_URL" in line and "INGEST_API_KEY" in line
 
 
+@pytest.mark.parametrize(("variable", "value"), [
+    ("BENCH_RUNNER_CONCURRENCY", "0"),
+    ("BENCH_RUNNER_CONCURRENCY", "65"),
+    ("BENCH_RUNNER_MAX_PENDING", "0"),
+    ("BENCH_RUNNER_MAX_PENDING", "many"),
+])
+def test_a_bad_number_in_the_environment_is_named_and_exit_2_before_any_call(
+        env, scripted_ingest, sim, variable, value):
+    result = invoke(["once"], {**env, variable: value})
+    assert result.exit_code == ExitCode.CONFIG
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and variable in last and value in last
+    assert scripted_ingest.requests == []
+    assert sim.stats()["calls"] == {}
+
+
 def test_no_aws_credentials_is_a_config_error(env, scripted_ingest, sim, monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
