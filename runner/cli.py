@@ -91,6 +91,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_con
 EXIT_CODES_TEXT = exit_codes_text()
 KEY_TEXT = (f"The ingest API key is read only from the environment ({cfg.ENV_API_KEY}), "
             "never from an option, so it stays out of process listings.")
+DELIVERY_EPILOG = EXIT_CODES_TEXT + "\n\n" + KEY_TEXT
 
 
 class ConfigProblem(click.ClickException):
@@ -228,6 +229,13 @@ def _outbox(settings: cfg.Settings) -> Any:
                             f"{exc.strerror or exc}") from None
 
 
+def _start(log_level: str, opts: dict[str, Any], *, need_models: bool) -> tuple[cfg.Settings, Any]:
+    """What every delivering command does first: logging, checked settings, the outbox."""
+    _configure_logging(log_level)
+    settings = _settings(opts, need_models=need_models, need_delivery=True)
+    return settings, _outbox(settings)
+
+
 def _warm_provider(settings: cfg.Settings) -> Any:
     from .provider import SetupError, get_provider
 
@@ -289,16 +297,14 @@ def main() -> None:
     """
 
 
-@main.command(epilog=EXIT_CODES_TEXT + "\n\n" + KEY_TEXT)
+@main.command(epilog=DELIVERY_EPILOG)
 @_measure_options
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON on stdout.")
 @_log_level_option("warning")
 @click.pass_context
 def once(ctx: click.Context, as_json: bool, log_level: str, **opts: Any) -> None:
     """Measure each model once, deliver every record, print a summary."""
-    _configure_logging(log_level)
-    settings = _settings(opts, need_models=True, need_delivery=True)
-    outbox = _outbox(settings)
+    settings, outbox = _start(log_level, opts, need_models=True)
     provider = _warm_provider(settings)
     from .cycle import run_cycle
     from .ingest_client import IngestClient
@@ -398,9 +404,7 @@ def daemon(interval: float, log_level: str, **opts: Any) -> None:
     configuration error at start, and when the ingest API refuses the key (every later
     cycle would only dead-letter its records).
     """
-    _configure_logging(log_level)
-    settings = _settings(opts, need_models=True, need_delivery=True)
-    outbox = _outbox(settings)
+    settings, outbox = _start(log_level, opts, need_models=True)
     provider = _warm_provider(settings)
     import logging
     import signal
@@ -530,7 +534,7 @@ def status(state_dir: Path | None, as_json: bool) -> None:
         click.echo(f"partial files in tmp/: {st.partial} (removed at the next drain)")
 
 
-@outbox.command(epilog=EXIT_CODES_TEXT + "\n\n" + KEY_TEXT)
+@outbox.command(epilog=DELIVERY_EPILOG)
 @click.option("--now", is_flag=True,
               help="Ignore the backoff between attempts (a Retry-After is still honoured).")
 @_ingest_url_option
@@ -539,9 +543,7 @@ def status(state_dir: Path | None, as_json: bool) -> None:
 @click.pass_context
 def flush(ctx: click.Context, now: bool, log_level: str, **opts: Any) -> None:
     """Deliver the waiting records now, oldest first."""
-    _configure_logging(log_level)
-    settings = _settings(opts, need_models=False, need_delivery=True)
-    box = _outbox(settings)
+    settings, box = _start(log_level, opts, need_models=False)
     from .ingest_client import IngestClient
 
     with IngestClient(settings) as client:
