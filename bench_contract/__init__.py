@@ -8,6 +8,9 @@ side can add, drop or rename a field without the other noticing.
 
 from __future__ import annotations
 
+import re
+from functools import cache
+
 # Bump when the definition of any measured field changes (docs/contract.md section 3).
 # 2: decode_tokens_per_second leaves out the first delta's tokens (the stream's
 #    mean per delta), not just one token; see docs/contract.md section 3, "Metric definitions".
@@ -124,3 +127,21 @@ ERROR_FIELDS = ERROR_REQUIRED + ERROR_OPTIONAL
 # withheld_reason: on a result the model gate kept off the public collection (section 5).
 SERVER_RESULT_FIELDS = ("received_at", "runner_id", "withheld_reason")
 SERVER_ERROR_FIELDS = ("received_at", "runner_id", "fingerprint")
+
+# An AWS access key id (user, session, role or account-root form) in any text: both sides
+# redact it before a message is logged, sent or stored (docs/contract.md section 4).
+AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{16}\b")
+
+PACKAGE = "bench-ingest"
+
+
+@cache
+def installed_version() -> str:
+    """The installed bench-ingest version, looked up on first call (0.0.0+unknown if none)."""
+    # importlib.metadata costs ~20 ms at import: the runner's start-up must not pay it.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(PACKAGE)
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0.0.0+unknown"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+import bench_contract as contract
+
 REDACTED = "[redacted]"
 
 # A query parameter whose name says it holds a credential: refused (401) on every route,
@@ -18,7 +20,6 @@ REDACTED = "[redacted]"
 _CREDENTIAL_PARAM = re.compile(r"key|token|secret|passw|pwd|auth|credential|signature")
 _SHORT_CREDENTIAL_PARAMS = frozenset({"k", "p", "pass", "sig"})
 
-_AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{16}\b")
 # name=value or name: value, where the name says secret: the value goes.
 _NAMED_SECRET = re.compile(
     r"(?i)\b([\w-]*(?:secret|token|password|passwd|api[_-]?key|x-api-key|signature)[\w-]*"
@@ -49,7 +50,7 @@ def redact(message: str, keys: Iterable[str]) -> str:
     for key in keys:
         if key:
             message = message.replace(key, REDACTED)
-    message = _AWS_KEY_ID.sub(REDACTED, message)
+    message = contract.AWS_KEY_ID.sub(REDACTED, message)
     message = _NAMED_SECRET.sub(lambda m: m.group(1) + REDACTED, message)
     message = _BEARER.sub(lambda m: m.group(1) + " " + REDACTED, message)
     return _AWS_SECRET.sub(_looks_like_aws_secret, message)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from apispec import APISpec
@@ -89,19 +88,12 @@ def _read_operation(summary: str, answer: dict[str, Any], query: type | None,
     return operation
 
 
-def _version() -> str:
-    try:
-        return version("bench-ingest")
-    except PackageNotFoundError:  # a source tree that was never installed
-        return "0.0.0+unknown"
-
-
 @functools.cache
 def document() -> dict[str, Any]:
     """The OpenAPI 3 document (built once per process)."""
     spec = APISpec(
         title="bench-ingest",
-        version=_version(),
+        version=contract.installed_version(),
         openapi_version="3.0.3",
         plugins=[MarshmallowPlugin()],
         info={"description": "Takes benchmark results from runners and stores each exactly once. "

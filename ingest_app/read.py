@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -199,15 +199,6 @@ def sparkline(series: Sequence[tuple[datetime, float]], since: datetime,
     return Sparkline(" ".join(points), low, high)
 
 
-def redact(message: str, secrets: Iterable[str]) -> str:
-    """The message with every configured key and credential-like text replaced.
-
-    Messages are redacted before they are stored; this second pass covers documents
-    stored before that, and keys added since.
-    """
-    return credentials.redact(message, secrets)
-
-
 def _age(ts: datetime | None, now: datetime) -> str:
     if ts is None:
         return "never"
@@ -239,7 +230,9 @@ def status_page() -> ResponseReturnValue:
         age=lambda ts: _age(ts, result.until),
         rfc3339=rfc3339,
         fmt=_fmt,
-        redact=lambda message: redact(message, secrets),
+        # Messages are redacted before they are stored; this second pass covers documents
+        # stored before that, and keys added since.
+        redact=lambda message: credentials.redact(message, secrets),
     )
     return _private(Response(html, mimetype="text/html"))
 

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import bench_contract as contract
+
 RETRYABLE_KINDS = frozenset({"throttled", "transient", "timeout"})
 
 
@@ -110,7 +112,6 @@ _SECRETS = (
     re.compile(r"(x-amz-security-token['\"]?\s*[:=,]\s*b?['\"])[^'\"]+", re.I),
     re.compile(r"(Credential=)[^/\s,'\"]+", re.I),
     re.compile(r"(Signature=)[0-9a-f]+", re.I),
-    re.compile(r"()\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),
 )
 # Bedrock's words for a model id it does not know: the fix is to look the id up.
 _UNKNOWN_MODEL = re.compile(r"model identifier is invalid|model not found|"
@@ -131,7 +132,7 @@ def redact(text: str) -> str:
     """Remove session tokens, signatures and access key ids that an SDK message may echo."""
     for pattern in _SECRETS:
         text = pattern.sub(r"\1[redacted]", text)
-    return text
+    return contract.AWS_KEY_ID.sub("[redacted]", text)
 
 
 def describe(exc: BaseException) -> str:
