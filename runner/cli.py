@@ -569,6 +569,33 @@ def requeue(state_dir: Path | None) -> None:
     click.echo(f"moved {moved} record(s) back to pending")
 
 
+@outbox.command(name="import")
+@click.argument("source", type=click.File("r", encoding="utf-8", errors="replace"),
+                default="-")
+@_state_dir_option
+def import_command(source: Any, state_dir: Path | None) -> None:
+    """Put records the outbox could not take back into pending, from log lines.
+
+    When the outbox could not be written and the ingest API did not answer either,
+    the record in hand was logged whole, as one 'bench-runner-record' line. Feed the
+    log to this command (a file, or - for standard input), e.g.
+    `journalctl -u bench-runner | bench-runner outbox import`; other lines are skipped,
+    and a record already in pending is not added twice.
+    """
+    from .outbox import OutboxFull
+
+    box = _outbox(cfg.load(state_dir=state_dir))
+    try:
+        imported, present, broken = box.import_lines(source)
+    except (OutboxFull, OSError) as exc:
+        raise click.ClickException(f"cannot write the outbox: {exc}") from None
+    click.echo(f"imported {imported} record(s) into pending ({present} already there); "
+               f"deliver them with `bench-runner outbox flush`")
+    if broken:
+        raise click.ClickException(f"{broken} line(s) could not be imported (see the log "
+                                   "lines above); the others were")
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8599,

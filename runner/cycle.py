@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .failures import describe
-from .outbox import DrainReport, Outbox, OutboxFull
+from .outbox import JOURNAL_MARKER, DrainReport, Outbox, OutboxFull
 from .records import Failure, Result
 from .settings import Settings
 
@@ -71,7 +71,10 @@ class CycleReport:
         if self.outbox_full:
             out.append(self.outbox_full)
         if self.lost:
-            out.append(f"{self.lost} record(s) could not be written or delivered (see the log)")
+            out.append(f"{self.lost} record(s) could not be written or delivered: each is one "
+                       f"'{JOURNAL_MARKER.strip()}' line in the log; once the outbox can be "
+                       f"written, `bench-runner outbox import` (journalctl -u bench-runner | "
+                       f"bench-runner outbox import) puts them back")
         dead = self.delivery.dead + self.refused_at_queue
         if dead:
             out.append(f"{dead} record(s) refused for good: see `bench-runner outbox status`")
@@ -128,6 +131,14 @@ def run_cycle(
     try:
         _drain_and_measure(settings, provider, outbox, client, report, on_outcome, stop)
     except Exception as exc:  # noqa: BLE001 - a broken cycle must still leave records
+        if isinstance(exc, OSError) and (host_fault := _outbox_unwritable(outbox)):
+            # The runner's own host (a read-only or full state dir), not any model: reported
+            # as the runner's, exit 6, with no failure charged to a model.
+            log.error("%s", host_fault)
+            report.outbox_full = host_fault
+            done = {o.model for o in report.outcomes} | set(report.skipped)
+            report.skipped.extend(m for m in settings.models if m not in done)
+            return _finish(report, outbox, started)
         report.cycle_error = f"the cycle failed: {describe(exc)}"
         log.error("%s", report.cycle_error)
         # Models that ended with a record keep it; the others are reported, not forgotten.
@@ -158,6 +169,15 @@ def _report_unmeasured(settings: Settings, provider: Any, outbox: Outbox, client
         report.outcomes.append(outcome)
         _tell(on_outcome, outcome)
     return True
+
+
+def _outbox_unwritable(outbox: Outbox) -> str | None:
+    """Why the outbox cannot take a file now, or None when it can."""
+    try:
+        outbox.probe()
+    except OutboxFull as exc:
+        return str(exc)
+    return None
 
 
 def _drain_and_measure(settings: Settings, provider: Any, outbox: Outbox, client: Any,
@@ -255,9 +275,11 @@ def _queue(record: Result | Failure, outbox: Outbox, client: Any, report: CycleR
                 log.error("record not sendable id=%s error=%s", record.record_id, send_exc)
         if answer is None or not answer.delivered:
             report.lost += 1
-            # Last resort so the figures are not gone without a trace.
-            log.error("record lost (disk full, not delivered) kind=%s payload=%s",
-                      record.kind, record.to_payload())
+            # Last resort: the record whole on one line of the journal, which
+            # `bench-runner outbox import` puts back into pending/ (docs/reliability.md).
+            log.error("outbox could not take this record and the API did not either; "
+                      "`bench-runner outbox import` puts it back: %s",
+                      outbox.journal_line(record))
         return False
     if path.parent == outbox.dead:
         report.refused_at_queue += 1

@@ -26,7 +26,7 @@ import random
 import stat
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,19 @@ class OutboxFull(Exception):
 
 class OutboxBusy(Exception):
     """Another process is draining this outbox right now."""
+
+
+JOURNAL_MARKER = "bench-runner-record "
+
+
+def _open_file(path: Path, flags: int, mode: int = 0o600) -> int:
+    """Open a file of the outbox: the seam where a directory can refuse a new entry."""
+    return os.open(path, flags, mode)
+
+
+def _rename(src: Path, dst: Path) -> None:
+    """Move a file of the outbox into place (a rename, never a copy)."""
+    os.replace(src, dst)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -281,13 +294,13 @@ class Outbox:
         """tmp -> fsync -> rename -> fsync dir; OutboxFull when the disk is full."""
         tmp = self.tmp / f"{os.getpid()}-{uuid.uuid4().hex}.json"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = _open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 _write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, target)
+            _rename(tmp, target)
             _fsync_dir(target.parent)
         except OSError as exc:
             with contextlib.suppress(FileNotFoundError):
@@ -333,12 +346,69 @@ class Outbox:
         return len(self._names(self.dead))
 
     def check_room(self, incoming: int) -> None:
-        """Raise OutboxFull unless `incoming` more records fit under the bound."""
+        """Raise OutboxFull unless `incoming` more records fit under the bound and the
+        outbox can take a file right now (nothing is measured that could not be kept)."""
         pending = self.pending_count()
         if pending + incoming > self.max_pending:
             raise OutboxFull(
                 f"{pending} records wait in {self.pending} and {incoming} more would pass the "
                 f"bound of {self.max_pending}; deliver them (bench-runner outbox flush) first")
+        self.probe()
+
+    def probe(self) -> None:
+        """Raise OutboxFull unless a file can be made in tmp/ and renamed into pending/.
+
+        A read-only remount or a directory the runner may not write is a fault of the
+        runner's host: it is found here, before any model is called, and reported as the
+        runner's (exit 6), never as a model's failure (docs/reliability.md).
+        """
+        tmp = self.tmp / f"{os.getpid()}-probe-{uuid.uuid4().hex}"
+        target = self.pending / f".probe-{os.getpid()}-{uuid.uuid4().hex}"
+        try:
+            os.close(_open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            _rename(tmp, target)
+            target.unlink()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise OutboxFull(f"cannot write the outbox in {self.root}: "
+                             f"{exc.strerror or exc}; fix the state dir "
+                             f"(BENCH_RUNNER_STATE_DIR) or its disk") from exc
+
+    # -- the journal: the last place of a record the outbox could not take -------------
+
+    @staticmethod
+    def journal_line(record: Result | Failure) -> str:
+        """The record whole on one line, after a marker that `outbox import` looks for."""
+        doc = {"version": FORMAT_VERSION, "kind": record.kind, "id": record.record_id,
+               "payload": record.to_payload()}
+        # The same encoding as a record file and a request body (runner/payload.py).
+        return JOURNAL_MARKER + encode(doc).decode("utf-8")
+
+    def import_lines(self, lines: Iterable[str]) -> tuple[int, int, int]:
+        """Put journaled records back into pending/: (imported, already there, broken)."""
+        imported = present = broken = 0
+        waiting = {n.split("-", 1)[1] for n in self._names(self.pending)}
+        for line in lines:
+            _, marker, text = line.partition(JOURNAL_MARKER)
+            if not marker:
+                continue
+            try:
+                entry = Entry.from_json("", json.loads(text.strip()))
+            except (ValueError, RecursionError) as exc:
+                log.error("outbox import skipped a broken line: %s", exc)
+                broken += 1
+                continue
+            if f"{entry.kind}-{entry.record_id}.json" in waiting:
+                present += 1
+                continue
+            entry.name = self._new_name(entry.kind, entry.record_id)
+            entry.created_at = entry.next_attempt_at = self.clock()
+            self._write_durably(self.pending / entry.name, encode(entry.to_json()))
+            waiting.add(f"{entry.kind}-{entry.record_id}.json")
+            log.info("outbox imported kind=%s id=%s", entry.kind, entry.record_id)
+            imported += 1
+        return imported, present, broken
 
     def clean_tmp(self) -> int:
         """Remove files a crashed writer left in tmp/; returns how many."""
@@ -408,7 +478,7 @@ class Outbox:
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = _open_file(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             deadline = time.monotonic() + self.lock_timeout
             while True:
@@ -680,14 +750,14 @@ class Outbox:
 
     def _bury(self, entry: Entry, status: int | None, body: Any, reason: str) -> None:
         self._write_reason(entry.name, status, body, reason, entry.attempts + 1)
-        os.replace(self.pending / entry.name, self.dead / entry.name)
+        _rename(self.pending / entry.name, self.dead / entry.name)
         _fsync_dir(self.dead)
         log.error("outbox dead-lettered kind=%s id=%s status=%s reason=%s", entry.kind,
                   entry.record_id, status, reason)
 
     def _bury_file(self, name: str, reason: str) -> None:
         self._write_reason(name, None, None, reason, 0)
-        os.replace(self.pending / name, self.dead / name)
+        _rename(self.pending / name, self.dead / name)
         _fsync_dir(self.dead)
         log.error("outbox dead-lettered unreadable file name=%s reason=%s", name, reason)
 
