@@ -382,8 +382,12 @@ class Outbox:
         """The record whole on one line, after a marker that `outbox import` looks for."""
         doc = {"version": FORMAT_VERSION, "kind": record.kind, "id": record.record_id,
                "payload": record.to_payload()}
-        # The same encoding as a record file and a request body (runner/payload.py).
-        return JOURNAL_MARKER + encode(doc).decode("utf-8")
+        # The same encoding as a record file and a request body (runner/payload.py); a
+        # record JSON cannot hold (NaN) is still logged whole, for a person to read.
+        try:
+            return JOURNAL_MARKER + encode(doc).decode("utf-8")
+        except (TypeError, ValueError):
+            return JOURNAL_MARKER + json.dumps(doc, default=repr, separators=(",", ":"))
 
     def import_lines(self, lines: Iterable[str]) -> tuple[int, int, int]:
         """Put journaled records back into pending/: (imported, already there, broken)."""
