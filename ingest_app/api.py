@@ -14,7 +14,7 @@ from . import catalog, db, jsonbody, metrics, openapi, settings, store
 from . import health as model_health
 from .auth import require_key
 from .credentials import redact
-from .errors import ApiError
+from .errors import ApiError, invalid
 from .limiter import limit_rate
 from .schemas import FAILURE_SCHEMA, RESULT_SCHEMA, fingerprint
 
@@ -22,12 +22,7 @@ bp = Blueprint("api", __name__)
 
 
 def _invalid(messages: Any, what: str) -> ApiError:
-    return ApiError(
-        422,
-        "validation_error",
-        f"The {what} has invalid or unknown fields; see details for each one.",
-        details={"fields": messages},
-    )
+    return invalid(messages, f"The {what} has invalid or unknown fields; see details for each one.")
 
 
 def _load(schema: Schema, payload: dict[str, Any], what: str) -> dict[str, Any]:

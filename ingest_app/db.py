@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 import pymongo
-from flask import Flask, Response, current_app, g
+from flask import Flask, current_app, g
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import (
@@ -29,7 +29,6 @@ from pymongo.errors import (
 
 from . import metrics, settings
 from .breaker import Breaker
-from .errors import ApiError, error_response
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,6 +63,24 @@ ERROR_INDEXES = (
 )
 # createIndexes refuses an index whose name or keys are taken by one with other options.
 _INDEX_CLASH_CODES = frozenset({85, 86})  # IndexOptionsConflict, IndexKeySpecsConflict
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot serve this call now (down, slow, refusing us): retry later.
+
+    The database layer knows no HTTP; the app's error handler answers it 503 with
+    Retry-After (errors.py), in the one JSON shape.
+    """
+
+    code = "database_unavailable"
+    message = "The database is unavailable or slow; retry after the delay in Retry-After."
+
+
+class ReadCapacityExhausted(DatabaseUnavailable):
+    """Every read slot of this worker is taken: the read is sent away without a database call."""
+
+    code = "read_capacity_exhausted"
+    message = "Too many reads are in progress; retry after the delay in Retry-After."
 
 
 class IndexMismatch(Exception):
@@ -301,27 +318,11 @@ def require_indexes() -> None:
     handle.indexes_checked_at = time.monotonic()
 
 
-def database_unavailable() -> ApiError:
-    """The 503 every database trouble answers, with the configured Retry-After."""
-    return ApiError(
-        503,
-        "database_unavailable",
-        "The database is unavailable or slow; retry after the delay in Retry-After.",
-        headers={"Retry-After": str(settings.current().retry_after_seconds)},
-    )
-
-
-def unavailable(exc: Exception) -> ApiError:
-    """The 503 a client sees when the database failed or timed out; logged and counted."""
+def unavailable(exc: Exception) -> DatabaseUnavailable:
+    """What a database failure or timeout is raised as; logged and counted."""
     metrics.observe_db_error()
     log.warning("request_id=%s database unavailable: %s", g.get("request_id"), type(exc).__name__)
-    return database_unavailable()
-
-
-def refused() -> ApiError:
-    """The 503 answered at once while the circuit is open: no database call, counted, not logged."""
-    metrics.observe_db_refused()
-    return database_unavailable()
+    return DatabaseUnavailable()
 
 
 # The database refused us, not the payload: our credentials or role (18
@@ -346,25 +347,15 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, PyMongoError) and bool(getattr(exc, "timeout", False))
 
 
-def read_busy() -> ApiError:
-    """The 503 a read gets at once when this worker's read slots are all taken."""
-    metrics.observe_db_refused()
-    return ApiError(
-        503,
-        "read_capacity_exhausted",
-        "Too many reads are in progress; retry after the delay in Retry-After.",
-        headers={"Retry-After": str(settings.current().retry_after_seconds)},
-    )
-
-
 @contextmanager
 def bounded(*, guarded: bool = True, read: bool = False) -> Iterator[None]:
-    """Run database calls under the app's time cap; an outage becomes a 503 ApiError.
+    """Run database calls under the app's time cap; an outage raises DatabaseUnavailable.
 
-    Guarded calls are refused at once (503) while the circuit breaker is open; an
-    unguarded call (the readiness ping) always asks the database, and its outcome
-    still opens or closes the breaker. A read takes one of the worker's read slots
-    (503 at once when none is free) and answers to the read breaker.
+    Guarded calls are refused at once (DatabaseUnavailable, counted, not logged) while
+    the circuit breaker is open; an unguarded call (the readiness ping) always asks the
+    database, and its outcome still opens or closes the breaker. A read takes one of the
+    worker's read slots (ReadCapacityExhausted at once when none is free) and answers to
+    the read breaker.
     """
     guards = _handle().guards()
     if not read:
@@ -374,7 +365,8 @@ def bounded(*, guarded: bool = True, read: bool = False) -> Iterator[None]:
     # A short wait lets light reads (milliseconds each) queue, while a heavy reader's
     # excess is sent away before it holds a thread long enough to cost a write.
     if not guards.read_slots.acquire(timeout=READ_SLOT_WAIT_SECONDS):
-        raise read_busy()
+        metrics.observe_db_refused()
+        raise ReadCapacityExhausted()
     try:
         with _bounded(guards.read, guarded):
             yield
@@ -386,7 +378,8 @@ def bounded(*, guarded: bool = True, read: bool = False) -> Iterator[None]:
 def _bounded(breaker: Breaker, guarded: bool) -> Iterator[None]:
     started = breaker.admit() if guarded else breaker.clock()
     if started is None:
-        raise refused()
+        metrics.observe_db_refused()
+        raise DatabaseUnavailable()
     outage = False
     try:
         with pymongo.timeout(settings.current().db_timeout_seconds):
@@ -405,25 +398,14 @@ def _bounded(breaker: Breaker, guarded: bool) -> Iterator[None]:
 
 
 def ping() -> None:
-    """Ask the database to answer, within the time cap (503 ApiError otherwise), breaker or not."""
+    """Ask the database to answer within the time cap (else DatabaseUnavailable), breaker or not."""
     with bounded(guarded=False):
         get_db().command("ping")
-
-
-def _on_db_error(exc: PyMongoError) -> Response:
-    # A database error that escaped bounded(): an outage is still a 503, anything else a bug.
-    if is_outage(exc):
-        return error_response(unavailable(exc))
-    log.exception("unexpected database error %s", type(exc).__name__)
-    return error_response(
-        ApiError(500, "internal_error", "An unexpected error occurred; it has been logged.")
-    )
 
 
 def init_app(app: Flask) -> None:
     """Attach the lazily-made client to the app and add the `ensure-indexes` command."""
     app.extensions[EXTENSION] = _Handle(app.extensions[settings.EXTENSION])
-    app.register_error_handler(PyMongoError, _on_db_error)
 
     @app.cli.command("ensure-indexes")
     def ensure_indexes_command() -> None:

@@ -8,9 +8,10 @@ import uuid
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
+from pymongo.errors import PyMongoError
 from werkzeug.exceptions import HTTPException
 
-from . import metrics, settings
+from . import db, metrics, settings
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,16 @@ class ApiError(Exception):
         self.message = message
         self.details = details or {}
         self.headers = headers or {}
+
+
+def invalid(fields: dict[str, Any], message: str) -> ApiError:
+    """The 422 answer: code validation_error, a list of messages per field in details.fields."""
+    return ApiError(422, "validation_error", message, details={"fields": fields})
+
+
+def _internal_error() -> ApiError:
+    # A bug: the traceback is in the log under the request id, never in the answer.
+    return ApiError(500, "internal_error", "An unexpected error occurred; it has been logged.")
 
 
 def error_response(err: ApiError) -> Response:
@@ -119,12 +130,25 @@ def _on_http_exception(exc: HTTPException) -> Response:
     return _on_api_error(ApiError(status, code, message, headers=headers))
 
 
+def _on_database_unavailable(exc: db.DatabaseUnavailable) -> Response:
+    # Logged and counted where it was raised (db.py); the client keeps the record and retries.
+    retry_after = str(settings.current().retry_after_seconds)
+    return error_response(ApiError(503, exc.code, exc.message,
+                                   headers={"Retry-After": retry_after}))
+
+
+def _on_db_error(exc: PyMongoError) -> Response:
+    # A database error that escaped db.bounded(): an outage is still a 503, anything else a bug.
+    if db.is_outage(exc):
+        return _on_database_unavailable(db.unavailable(exc))
+    log.exception("request_id=%s unexpected database error %s", g.get("request_id"),
+                  type(exc).__name__)
+    return error_response(_internal_error())
+
+
 def _on_unexpected(exc: Exception) -> Response:
-    # A bug: the traceback goes to the log under the request id, never into the answer.
     log.exception("request_id=%s unhandled %s", g.get("request_id"), type(exc).__name__)
-    return error_response(
-        ApiError(500, "internal_error", "An unexpected error occurred; it has been logged.")
-    )
+    return error_response(_internal_error())
 
 
 def init_app(app: Flask) -> None:
@@ -133,4 +157,6 @@ def init_app(app: Flask) -> None:
     app.after_request(_send_request_id)
     app.register_error_handler(ApiError, _on_api_error)
     app.register_error_handler(HTTPException, _on_http_exception)
+    app.register_error_handler(db.DatabaseUnavailable, _on_database_unavailable)
+    app.register_error_handler(PyMongoError, _on_db_error)
     app.register_error_handler(Exception, _on_unexpected)

@@ -13,7 +13,7 @@ from flask import Blueprint, Flask, Response, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 
 from . import auth, credentials, db, metrics, settings
-from .errors import ApiError
+from .errors import ApiError, invalid
 from .history import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -47,10 +47,8 @@ _UNENCODED_OFFSET = re.compile(r" (\d{2}:\d{2})$")
 
 
 def _invalid(problems: dict[str, str]) -> ApiError:
-    # The write routes' 422 shape: code validation_error, one list of messages per field.
-    return ApiError(422, "validation_error",
-                    "The query parameters are not valid; see details for each one.",
-                    details={"fields": {name: [message] for name, message in problems.items()}})
+    return invalid({name: [message] for name, message in problems.items()},
+                   "The query parameters are not valid; see details for each one.")
 
 
 def _authorize(*, page: bool = False) -> None:

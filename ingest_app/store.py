@@ -70,7 +70,7 @@ def _judge(new: dict[str, Any], stored: dict[str, Any] | None, id_field: str,
     record_id = new[id_field]
     if stored is None:
         # Only possible if the stored document was deleted between insert and read.
-        raise db.database_unavailable()
+        raise db.DatabaseUnavailable()
     mine, theirs = canonical(new, fields), canonical(stored, fields)
     differing = sorted(k for k in set(mine) | set(theirs) if not same(mine.get(k), theirs.get(k)))
     withheld = stored.get("withheld_reason")
