@@ -15,10 +15,8 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo.collection import Collection
 
+from .limits import DEFAULT_LIMIT
 from .summary import as_utc
-
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 
 
 class CursorError(ValueError):

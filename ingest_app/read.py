@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,44 +10,32 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
+from marshmallow import EXCLUDE, Schema, ValidationError
 
 from . import auth, credentials, db, metrics, settings
 from .errors import ApiError, invalid
-from .history import (
-    DEFAULT_LIMIT,
-    MAX_LIMIT,
-    CursorError,
-    Position,
-    list_results,
-    rfc3339,
-    to_json,
-)
+from .history import CursorError, Position, list_results, rfc3339, to_json
+from .limits import DEFAULT_WINDOW
+from .schemas import RESULTS_QUERY, WINDOW_QUERY
 from .summary import (
-    DEFAULT_WINDOW,
     ModelSummary,
     Summary,
     WindowError,
     parse_window,
     summarize,
 )
-from .timestamps import parse_rfc3339
 
 bp = Blueprint("read", __name__)
 
-RESULTS_PARAMS = frozenset({"provider", "model_name", "since", "until", "limit", "cursor"})
-SUMMARY_PARAMS = frozenset({"window"})
+RESULTS_PARAMS = frozenset(RESULTS_QUERY.fields)
+SUMMARY_PARAMS = frozenset(WINDOW_QUERY.fields)
 PAGE_WINDOWS = ("1h", "24h", "7d")
-MAX_FILTER_CHARS = 256
 
 SPARK_WIDTH, SPARK_HEIGHT, SPARK_PAD = 240, 48, 3
 
-# A '+' in a query string arrives as a space when the client did not percent-encode it.
-_UNENCODED_OFFSET = re.compile(r" (\d{2}:\d{2})$")
 
-
-def _invalid(problems: dict[str, str]) -> ApiError:
-    return invalid({name: [message] for name, message in problems.items()},
-                   "The query parameters are not valid; see details for each one.")
+def _invalid(problems: dict[str, Any]) -> ApiError:
+    return invalid(problems, "The query parameters are not valid; see details for each one.")
 
 
 def _authorize(*, page: bool = False) -> None:
@@ -59,31 +46,13 @@ def _authorize(*, page: bool = False) -> None:
     auth.authenticate(allow_read=True, allow_basic=page)
 
 
-def _check_params(allowed: frozenset[str]) -> None:
-    unknown = sorted(set(request.args) - allowed)
-    if unknown:
-        raise _invalid({name: "unknown parameter" for name in unknown})
-
-
-def _timestamp(name: str, problems: dict[str, str]) -> datetime | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return None
+def _query(schema: Schema, problems: dict[str, Any], **options: Any) -> dict[str, Any]:
+    # The schema the OpenAPI document shows is the one that reads the query string.
     try:
-        return parse_rfc3339(_UNENCODED_OFFSET.sub(r"+\1", raw.strip()))
-    except ValueError:
-        problems[name] = "must be an RFC 3339 timestamp with a timezone, like 2026-03-10T12:00:00Z"
-        return None
-
-
-def _limit(problems: dict[str, str]) -> int:
-    raw = request.args.get("limit")
-    if raw is None:
-        return DEFAULT_LIMIT
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not 1 <= int(raw) <= MAX_LIMIT:
-        problems["limit"] = f"must be a whole number from 1 to {MAX_LIMIT}"
-        return DEFAULT_LIMIT
-    return int(raw)
+        return schema.load(request.args, **options)
+    except ValidationError as exc:
+        problems.update(exc.messages)  # type: ignore[arg-type]
+        return exc.valid_data or {}  # type: ignore[return-value]
 
 
 def _cursor_secret() -> bytes:
@@ -98,42 +67,39 @@ def _cursor_secret() -> bytes:
 def results() -> ResponseReturnValue:
     """Stored results newest first, filtered, a page at a time."""
     _authorize()
-    _check_params(RESULTS_PARAMS)
-    problems: dict[str, str] = {}
-    match: dict[str, str] = {}
-    for name in ("provider", "model_name"):
-        value = request.args.get(name)
-        if value is not None:
-            if not value or len(value) > MAX_FILTER_CHARS:
-                problems[name] = f"must be 1 to {MAX_FILTER_CHARS} characters"
-            match[name] = value
-    since, until = _timestamp("since", problems), _timestamp("until", problems)
-    if since and until and since >= until:
-        problems["until"] = "must be later than since"
-    limit = _limit(problems)
+    problems: dict[str, Any] = {}
+    query = _query(RESULTS_QUERY, problems)
+    match = {name: query[name] for name in ("provider", "model_name") if name in query}
     after = None
-    if (cursor := request.args.get("cursor")) is not None:
+    if (cursor := query.get("cursor")) is not None:
         try:
             after = Position.decode(cursor, _cursor_secret())
         except CursorError as exc:
-            problems["cursor"] = str(exc)
+            problems["cursor"] = [str(exc)]
     if problems:
         raise _invalid(problems)
     with db.bounded(read=True):
-        docs, position = list_results(db.results(), match, since=since, until=until,
-                                      after=after, limit=limit)
+        docs, position = list_results(db.results(), match, since=query.get("since"),
+                                      until=query.get("until"), after=after,
+                                      limit=query["limit"])
     return _private(jsonify({
         "results": [to_json(doc) for doc in docs],
         "next": position.encode(_cursor_secret()) if position else None,
     }))
 
 
-def _summary(window: str) -> Summary:
+def _summary(*, strict: bool) -> Summary:
+    # /summary refuses parameters it does not take; the status page ignores them.
+    problems: dict[str, Any] = {}
+    window = _query(WINDOW_QUERY, problems, **({} if strict else {"unknown": EXCLUDE}))
+    window = window.get("window", DEFAULT_WINDOW)
     try:
         # Judged before the database is asked: a bad window is a 422 even during an outage.
         parse_window(window)
     except WindowError as exc:
-        raise _invalid({"window": str(exc)}) from exc
+        problems["window"] = [str(exc)]
+    if problems:
+        raise _invalid(problems)
     with db.bounded(read=True):
         return summarize(db.results(), db.errors(), window)
 
@@ -159,9 +125,7 @@ def _model_json(row: ModelSummary) -> dict[str, Any]:
 def summary() -> ResponseReturnValue:
     """One row per provider and model over the window (default 24h)."""
     _authorize()
-    _check_params(SUMMARY_PARAMS)
-    window = request.args.get("window", DEFAULT_WINDOW)
-    result = _summary(window)
+    result = _summary(strict=True)
     return _private(jsonify({
         "window": result.window,
         "since": rfc3339(result.since),
@@ -215,8 +179,7 @@ def _fmt(value: float | None, unit: str = "", digits: int = 2) -> str:
 def status_page() -> ResponseReturnValue:
     """The status page: a table and a tok/s sparkline per model, and the window's failures."""
     _authorize(page=True)
-    window = request.args.get("window", DEFAULT_WINDOW)
-    result = _summary(window)
+    result = _summary(strict=False)
     cfg = settings.current()
     secrets = [key for _, key in cfg.api_keys + cfg.read_keys]
     html = render_template(

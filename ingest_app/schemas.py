@@ -1,4 +1,4 @@
-"""What the write routes accept: marshmallow schemas for a result, a failure and a batch.
+"""What the routes accept and answer: marshmallow schemas for bodies, query strings and answers.
 
 Field names and limits come from bench_contract; a test checks these schemas hold
 exactly its fields. Loading yields the canonical stored form: timestamps as UTC
@@ -27,10 +27,8 @@ from marshmallow import (
 
 import bench_contract as contract
 
-from .history import DEFAULT_LIMIT, MAX_LIMIT
 from .jsonbody import INT64_MAX, INT64_MIN
-from .read import MAX_FILTER_CHARS
-from .summary import DEFAULT_WINDOW
+from .limits import DEFAULT_LIMIT, DEFAULT_WINDOW, MAX_FILTER_CHARS, MAX_LIMIT
 from .timestamps import parse_rfc3339
 
 # MongoDB refuses documents nested 100 deep; misc stays far from that.
@@ -347,22 +345,60 @@ class StoredResultSchema(ResultSchema):
     runner_id = fields.String(metadata={"description": "the name of the key that sent it"})
 
 
-class ResultsQuerySchema(Schema):
-    """The query parameters of GET /results (any other is refused with 422); for the docs only.
+# A '+' in a query string arrives as a space when the client did not percent-encode it.
+_UNENCODED_OFFSET = re.compile(r" (\d{2}:\d{2})$")
 
-    read.py parses them itself; a test checks these names are exactly read.RESULTS_PARAMS.
-    """
+
+class QueryTimestamp(fields.AwareDateTime):
+    """An RFC 3339 time with its offset in a query string, loaded as UTC at ms."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> datetime:
+        try:
+            return parse_rfc3339(_UNENCODED_OFFSET.sub(r"+\1", str(value).strip()))
+        except ValueError as exc:
+            raise ValidationError("Must be an RFC 3339 timestamp with a timezone, like "
+                                  "2026-03-10T12:00:00Z.") from exc
+
+
+class QueryCount(fields.Integer):
+    """A whole number in a query string: ASCII digits only, no sign, no other numerals."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> int:
+        text = str(value)
+        # Four digits bound the work before int() of a 5000-digit string.
+        if not (text.isascii() and text.isdigit() and len(text) <= 4):
+            raise self.make_error("invalid")
+        return int(text)
+
+
+class QuerySchema(Schema):
+    """A query string: any parameter the route does not take is refused (422), by name."""
+
+    error_messages = {"unknown": "Unknown parameter."}
+
+    class Meta:
+        unknown = RAISE
+
+
+class ResultsQuerySchema(QuerySchema):
+    """The query parameters of GET /results; the route loads them with this schema."""
 
     provider = fields.String(validate=validate.Length(min=1, max=MAX_FILTER_CHARS))
     model_name = fields.String(validate=validate.Length(min=1, max=MAX_FILTER_CHARS))
-    since = fields.AwareDateTime(metadata={"description": "run_ts at or after (RFC 3339); "
-                                                          "earlier than until"})
-    until = fields.AwareDateTime(metadata={"description": "run_ts before (RFC 3339); later "
-                                                          "than since (422 otherwise)"})
-    limit = fields.Integer(load_default=DEFAULT_LIMIT,
-                           validate=validate.Range(min=1, max=MAX_LIMIT))
+    since = QueryTimestamp(metadata={"description": "run_ts at or after (RFC 3339); "
+                                                    "earlier than until"})
+    until = QueryTimestamp(metadata={"description": "run_ts before (RFC 3339); later "
+                                                    "than since (422 otherwise)"})
+    limit = QueryCount(load_default=DEFAULT_LIMIT, validate=validate.Range(min=1, max=MAX_LIMIT),
+                       error_messages={"invalid": f"Must be a whole number from 1 to {MAX_LIMIT}."})
     cursor = fields.String(metadata={"description": "the `next` of the previous page, as "
                                                     "handed out (signed: any other is a 422)"})
+
+    @validates_schema(skip_on_field_errors=False)
+    def _since_before_until(self, data: dict[str, Any], **_: Any) -> None:
+        since, until = data.get("since"), data.get("until")
+        if since is not None and until is not None and since >= until:
+            raise ValidationError("Must be later than since.", "until")
 
 
 class ResultsPageSchema(Schema):
@@ -382,8 +418,12 @@ WINDOW_PATTERN = (
 )
 
 
-class WindowQuerySchema(Schema):
-    """The window of GET /summary and the status page (any other parameter of /summary: 422)."""
+class WindowQuerySchema(QuerySchema):
+    """The window of GET /summary and the status page (any other parameter of /summary: 422).
+
+    summary.parse_window judges the window itself, so a bad one is a 422 before any
+    database call.
+    """
 
     window = fields.String(load_default=DEFAULT_WINDOW,
                            metadata={"description": "a count and a unit m, h or d, like 1h, "
@@ -445,3 +485,5 @@ def fingerprint(failure: dict[str, Any]) -> str:
 
 RESULT_SCHEMA = ResultSchema()
 FAILURE_SCHEMA = FailureSchema()
+RESULTS_QUERY = ResultsQuerySchema()
+WINDOW_QUERY = WindowQuerySchema()

@@ -20,7 +20,8 @@ from typing import Any
 
 from pymongo.collection import Collection
 
-DEFAULT_WINDOW = "24h"
+from .limits import DEFAULT_WINDOW
+
 # A longer window means a larger projection to read; a month covers the page's needs.
 MAX_WINDOW = timedelta(days=31)
 SERIES_BUCKETS = 60
