@@ -16,7 +16,15 @@ from .auth import require_key
 from .credentials import redact
 from .errors import ApiError, invalid
 from .limiter import limit_rate
-from .schemas import FAILURE_SCHEMA, RESULT_SCHEMA, fingerprint
+from .schemas import (
+    BATCH_ANSWER,
+    BATCH_SCHEMA,
+    FAILURE_SCHEMA,
+    RESULT_SCHEMA,
+    STATUS_ANSWER,
+    WRITE_ANSWER,
+    fingerprint,
+)
 
 bp = Blueprint("api", __name__)
 
@@ -55,7 +63,7 @@ def _answer(kind: str, outcome: store.Outcome, id_field: str) -> ResponseReturnV
     created = outcome.status == store.CREATED
     body = {"status": outcome.status, "duplicate": not created, id_field: outcome.record_id}
     body.update(_placement(outcome))
-    return jsonify(body), 201 if created else 200
+    return jsonify(WRITE_ANSWER.dump(body)), 201 if created else 200
 
 
 def _placement(outcome: store.Outcome) -> dict[str, Any]:
@@ -123,28 +131,12 @@ def ingest_error() -> ResponseReturnValue:
     return _answer("error", outcome, "error_id")
 
 
-def _batch_items(envelope: dict[str, Any]) -> list[Any]:
-    problems: dict[str, list[str]] = {
-        name: ["Unknown field."] for name in envelope if name != "results"
-    }
-    items = envelope.get("results")
-    if "results" not in envelope:
-        problems["results"] = ["Missing data for required field."]
-    elif not isinstance(items, list):
-        problems["results"] = ["Not a valid list."]
-    elif len(items) > contract.MAX_BATCH_ITEMS:
-        problems["results"] = [f"At most {contract.MAX_BATCH_ITEMS} items; split the batch."]
-    if problems:
-        raise _invalid(problems, "batch")
-    return items  # type: ignore[return-value]
-
-
 @bp.post("/ingest/batch")
 @require_key
 @limit_rate
 def ingest_batch() -> ResponseReturnValue:
     """Store up to MAX_BATCH_ITEMS results; one status per item, in the order sent."""
-    items = _batch_items(_body())
+    items = _load(BATCH_SCHEMA, _body(), "batch")["results"]
     answers: list[dict[str, Any]] = [{} for _ in items]
     valid: list[tuple[int, dict[str, Any]]] = []
     for i, item in enumerate(items):
@@ -174,20 +166,20 @@ def ingest_batch() -> ResponseReturnValue:
         metrics.observe_write("result", status, n)
     if counts.get(store.CREATED):
         metrics.observe_stored(g.runner_id)
-    return jsonify({"results": answers}), 200
+    return jsonify(BATCH_ANSWER.dump({"results": answers})), 200
 
 
 @bp.get("/health")
 def health() -> ResponseReturnValue:
     """The process is up (no database call)."""
-    return jsonify({"status": "ok"})
+    return jsonify(STATUS_ANSWER.dump({"status": "ok"}))
 
 
 @bp.get("/ready")
 def ready() -> ResponseReturnValue:
     """The database answers a ping within the time cap, else 503."""
     db.ping()
-    return jsonify({"status": "ready"})
+    return jsonify(STATUS_ANSWER.dump({"status": "ready"}))
 
 
 @bp.get("/openapi.json")

@@ -16,7 +16,7 @@ from bson.errors import InvalidId
 from pymongo.collection import Collection
 
 from .limits import DEFAULT_LIMIT
-from .summary import as_utc
+from .timestamps import as_utc, rfc3339
 
 
 class CursorError(ValueError):
@@ -122,11 +122,6 @@ def list_results(coll: Collection, match: Mapping[str, Any], *, since: datetime 
 def to_json(doc: Mapping[str, Any]) -> dict[str, Any]:
     """A stored document as the API shows it: no _id, dates as RFC 3339 UTC strings."""
     return {key: _jsonable(value) for key, value in doc.items() if key != "_id"}
-
-
-def rfc3339(value: datetime) -> str:
-    """An RFC 3339 UTC timestamp with milliseconds (BSON dates keep no more)."""
-    return as_utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _jsonable(value: Any) -> Any:

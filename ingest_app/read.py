@@ -16,7 +16,7 @@ from . import auth, credentials, db, metrics, settings
 from .errors import ApiError, invalid
 from .history import CursorError, Position, list_results, rfc3339, to_json
 from .limits import DEFAULT_WINDOW
-from .schemas import RESULTS_QUERY, WINDOW_QUERY
+from .schemas import RESULTS_QUERY, SUMMARY_ANSWER, WINDOW_QUERY
 from .summary import (
     ModelSummary,
     Summary,
@@ -108,10 +108,10 @@ def _model_json(row: ModelSummary) -> dict[str, Any]:
     return {
         "provider": row.provider,
         "model_name": row.model_name,
-        "last_run": rfc3339(row.last_run) if row.last_run else None,
+        "last_run": row.last_run,
         "last_outcome": row.last_outcome,
-        "last_result_at": rfc3339(row.last_result_at) if row.last_result_at else None,
-        "last_failure_at": rfc3339(row.last_failure_at) if row.last_failure_at else None,
+        "last_result_at": row.last_result_at,
+        "last_failure_at": row.last_failure_at,
         "runs": row.runs,
         "failures": row.failures,
         "success_rate": row.success_rate,
@@ -126,12 +126,12 @@ def summary() -> ResponseReturnValue:
     """One row per provider and model over the window (default 24h)."""
     _authorize()
     result = _summary(strict=True)
-    return _private(jsonify({
+    return _private(jsonify(SUMMARY_ANSWER.dump({
         "window": result.window,
-        "since": rfc3339(result.since),
-        "until": rfc3339(result.until),
+        "since": result.since,
+        "until": result.until,
         "models": [_model_json(row) for row in result.models],
-    }))
+    })))
 
 
 @dataclass(frozen=True)

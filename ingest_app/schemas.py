@@ -29,7 +29,7 @@ import bench_contract as contract
 
 from .jsonbody import INT64_MAX, INT64_MIN
 from .limits import DEFAULT_LIMIT, DEFAULT_WINDOW, MAX_FILTER_CHARS, MAX_LIMIT
-from .timestamps import parse_rfc3339
+from .timestamps import parse_rfc3339, rfc3339
 
 # MongoDB refuses documents nested 100 deep; misc stays far from that.
 MAX_MISC_DEPTH = 16
@@ -265,13 +265,28 @@ class FailureSchema(StrictSchema):
     misc = Misc()
 
 
+class BatchItems(fields.List):
+    """A JSON array of batch items, loaded as sent: each item is judged on its own later.
+
+    The envelope's schema documents the items as results, and loading checks only the
+    list and its length, so one bad item rejects that item alone, never the batch.
+    """
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise self.make_error("invalid")
+        return value
+
+
 class BatchSchema(StrictSchema):
     """`POST /ingest/batch`: up to MAX_BATCH_ITEMS results, each judged on its own."""
 
-    results = fields.List(
+    results = BatchItems(
         fields.Nested(ResultSchema),
         required=True,
-        validate=validate.Length(max=contract.MAX_BATCH_ITEMS),
+        validate=validate.Length(max=contract.MAX_BATCH_ITEMS,
+                                 error=f"At most {contract.MAX_BATCH_ITEMS} items; "
+                                       "split the batch."),
     )
 
 
@@ -438,16 +453,23 @@ class SpreadSchema(Schema):
     p90 = fields.Float(allow_none=True)
 
 
+class RFC3339(fields.DateTime):
+    """A time in an answer: RFC 3339 UTC with milliseconds, like 2026-03-10T12:00:00.000Z."""
+
+    def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else rfc3339(value)
+
+
 class ModelSummarySchema(Schema):
     """One provider and model over the window, with its latest record ever."""
 
     provider = fields.String()
     model_name = fields.String()
-    last_run = fields.DateTime(allow_none=True)
+    last_run = RFC3339(allow_none=True)
     last_outcome = fields.String(allow_none=True, metadata={
         "description": "ok for a stored result, else the failure's error_kind"})
-    last_result_at = fields.DateTime(allow_none=True)
-    last_failure_at = fields.DateTime(allow_none=True)
+    last_result_at = RFC3339(allow_none=True)
+    last_failure_at = RFC3339(allow_none=True)
     runs = fields.Integer(metadata={"description": "results and failures in the window"})
     failures = fields.Integer()
     success_rate = fields.Float(allow_none=True)
@@ -459,8 +481,8 @@ class SummarySchema(Schema):
     """GET /summary: one row per provider and model over the window."""
 
     window = fields.String()
-    since = fields.DateTime()
-    until = fields.DateTime()
+    since = RFC3339()
+    until = RFC3339()
     models = fields.List(fields.Nested(ModelSummarySchema))
 
 
@@ -485,5 +507,11 @@ def fingerprint(failure: dict[str, Any]) -> str:
 
 RESULT_SCHEMA = ResultSchema()
 FAILURE_SCHEMA = FailureSchema()
+BATCH_SCHEMA = BatchSchema()
 RESULTS_QUERY = ResultsQuerySchema()
 WINDOW_QUERY = WindowQuerySchema()
+# The answers are built through the schemas the OpenAPI document shows.
+WRITE_ANSWER = WriteAnswerSchema()
+BATCH_ANSWER = BatchAnswerSchema()
+STATUS_ANSWER = StatusAnswerSchema()
+SUMMARY_ANSWER = SummarySchema()

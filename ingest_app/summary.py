@@ -21,6 +21,7 @@ from typing import Any
 from pymongo.collection import Collection
 
 from .limits import DEFAULT_WINDOW
+from .timestamps import as_utc
 
 # A longer window means a larger projection to read; a month covers the page's needs.
 MAX_WINDOW = timedelta(days=31)
@@ -55,11 +56,6 @@ class ModelSummary:
     tokens_per_second_median: float | None
     tokens_per_second_p90: float | None
     series: tuple[tuple[datetime, float], ...] = field(default=(), repr=False)
-
-    @property
-    def results(self) -> int:
-        """Results stored in the window."""
-        return self.runs - self.failures
 
 
 @dataclass(frozen=True)
@@ -96,13 +92,6 @@ def parse_window(text: str) -> timedelta:
     if span > MAX_WINDOW:
         raise WindowError(f"window must be at most {MAX_WINDOW.days}d")
     return span
-
-
-def as_utc(value: datetime) -> datetime:
-    """A stored BSON date as an aware UTC datetime (pymongo hands back naive UTC by default)."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:

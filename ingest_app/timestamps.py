@@ -1,4 +1,4 @@
-"""RFC 3339 timestamps as the API accepts them, in bodies and in query strings alike."""
+"""RFC 3339 timestamps as the API accepts them (bodies and query strings alike) and shows them."""
 
 from __future__ import annotations
 
@@ -26,3 +26,15 @@ def parse_rfc3339(text: str) -> datetime:
         return datetime.fromisoformat(f"{day}T{clock}.{millis}{offset}").astimezone(UTC)
     except (ValueError, OverflowError) as exc:  # a day 31 of June, or an offset past 9999
         raise ValueError("Not a valid date-time.") from exc
+
+
+def as_utc(value: datetime) -> datetime:
+    """A stored BSON date as an aware UTC datetime (pymongo hands back naive UTC by default)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def rfc3339(value: datetime) -> str:
+    """An RFC 3339 UTC timestamp with milliseconds (BSON dates keep no more)."""
+    return as_utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -38,7 +38,7 @@ def test_each_model_gets_one_row_with_runs_failures_and_success_rate(mongo_db):
     assert [(m.provider, m.model_name) for m in summary.models] == [
         ("bedrock", "sim.fast-v1"), ("bedrock", "sim.steady-v1")]
     fast, steady = _row(summary, "sim.fast-v1"), _row(summary, "sim.steady-v1")
-    assert (fast.runs, fast.failures, fast.results) == (10, 2, 8)
+    assert (fast.runs, fast.failures, fast.success_rate) == (10, 2, 0.8)
     assert fast.success_rate == pytest.approx(0.8)
     assert (steady.runs, steady.failures, steady.success_rate) == (3, 0, 1.0)
 
