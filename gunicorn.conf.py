@@ -128,9 +128,3 @@ def on_exit(server):
     if _OWN_METRICS_DIR:
         shutil.rmtree(_OWN_METRICS_DIR, ignore_errors=True)
 
-
-def child_exit(server, worker):
-    """Drop a dead worker's live gauges."""
-    from ingest_app import metrics
-
-    metrics.mark_worker_dead(worker.pid)

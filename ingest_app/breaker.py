@@ -83,7 +83,3 @@ class Breaker:
                             self.cooldown)
             self._open_until = self.clock() + self.cooldown
             self._probe_started = None
-
-    def is_open(self) -> bool:
-        """True while requests are being refused (open, or half-open with a probe out)."""
-        return self._open_until is not None

@@ -8,7 +8,6 @@ them up; without it (tests, `flask run`) the process's own registry is served.
 from __future__ import annotations
 
 import os
-import time
 
 from flask import Flask, Response, request
 from prometheus_client import (
@@ -67,7 +66,7 @@ def observe_health_error() -> None:
 
 def observe_stored(runner_id: str) -> None:
     """Note that a result from this runner was just stored."""
-    LAST_RESULT.labels(runner_id).set(time.time())
+    LAST_RESULT.labels(runner_id).set_to_current_time()
 
 
 def observe_rejection(reason: str) -> None:
@@ -102,12 +101,6 @@ def render() -> tuple[bytes, str]:
         _mp.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
-
-
-def mark_worker_dead(pid: int) -> None:
-    """Drop a dead worker's live gauges (called from gunicorn's child_exit hook)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        _mp.mark_process_dead(pid)
 
 
 def init_app(app: Flask) -> None:

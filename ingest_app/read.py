@@ -40,8 +40,8 @@ def _invalid(problems: dict[str, Any]) -> ApiError:
 
 def _authorize(*, page: bool = False) -> None:
     """Let the caller read, or raise the 401; a public board skips the key."""
-    # Even a public board refuses a key in the query string (authenticate answers 401).
-    if settings.current().public_read and not auth.key_in_query():
+    # A key in the query string was refused (401) before any route ran, public board or not.
+    if settings.current().public_read:
         return
     auth.authenticate(allow_read=True, allow_basic=page)
 

@@ -44,16 +44,21 @@ def make_breaker(cooldown: float = 1.5) -> tuple[Breaker, Clock]:
     return Breaker(cooldown, probe_limit_seconds=4.0, clock=clock), clock
 
 
+def closed(breaker: Breaker) -> bool:
+    """Admits call after call: neither open nor half-open (which admits one probe only)."""
+    return all(breaker.admit() is not None for _ in range(3))
+
+
 def test_closed_breaker_admits_every_call():
     breaker, _ = make_breaker()
     assert all(breaker.admit() is not None for _ in range(5))
-    assert not breaker.is_open()
+    assert closed(breaker)
 
 
 def test_failure_refuses_calls_until_the_cooldown_ends():
     breaker, clock = make_breaker(cooldown=1.5)
     breaker.fail(breaker.admit())
-    assert breaker.is_open()
+    assert breaker.admit() is None
     clock.now += 1.4
     assert breaker.admit() is None
 
@@ -72,7 +77,7 @@ def test_a_successful_probe_closes_the_breaker():
     clock.now += 2
     breaker.admit()
     breaker.succeed()
-    assert not breaker.is_open()
+    assert closed(breaker)
     assert breaker.admit() is not None
 
 
@@ -98,7 +103,7 @@ def test_a_stale_timeout_does_not_reopen_a_recovered_database():
     breaker.succeed()  # the probe found the database back
     clock.now += 1
     breaker.fail(slow)
-    assert not breaker.is_open()
+    assert closed(breaker)
     assert breaker.admit() is not None
 
 
