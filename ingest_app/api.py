@@ -123,7 +123,7 @@ def ingest_error() -> ResponseReturnValue:
     cfg = settings.current()
     record["message"] = redact(record["message"], [k for _, k in cfg.api_keys + cfg.read_keys])
     document = {**_stamp(record, store.now()), "fingerprint": fingerprint(record)}
-    outcome = store.insert_one(db.errors(), "error_id", document, contract.ERROR_FIELDS)
+    outcome = store.insert_one(db.failures(), "error_id", document, contract.ERROR_FIELDS)
     if outcome.status == store.CREATED:
         model_health.record([model_health.Event(document["provider"], document["model_name"],
                                     document["ts"], document["error_kind"],

@@ -205,8 +205,8 @@ def probes() -> Collection:
     return _handle().collection(settings.current().probe_collection)
 
 
-def errors() -> Collection:
-    """The failed-attempts collection."""
+def failures() -> Collection:
+    """The failed-attempts collection (MONGODB_ERRORS_COLLECTION)."""
     return _handle().collection(settings.current().errors_collection)
 
 

@@ -224,7 +224,7 @@ def _next(current: dict[str, Any] | None, provider: str, model_id: str,
     doc: dict[str, Any] = dict(current) if current is not None else {
         "_id": document_id(provider, model_id), "provider": provider, "model_id": model_id,
     }
-    results, errors = db.results(), db.errors()
+    results, errors = db.results(), db.failures()
     model = {"provider": provider, "model_name": model_id}
     since = started - WINDOW
     # A comparison with a date matches dates only: a writer's string run_ts is never "latest".

@@ -82,10 +82,10 @@ def results() -> ResponseReturnValue:
         docs, position = list_results(db.results(), match, since=query.get("since"),
                                       until=query.get("until"), after=after,
                                       limit=query["limit"])
-    return _private(jsonify({
+    return jsonify({
         "results": [to_json(doc) for doc in docs],
         "next": position.encode(_cursor_secret()) if position else None,
-    }))
+    })
 
 
 def _summary(*, strict: bool) -> Summary:
@@ -101,7 +101,7 @@ def _summary(*, strict: bool) -> Summary:
     if problems:
         raise _invalid(problems)
     with db.bounded(read=True):
-        return summarize(db.results(), db.errors(), window)
+        return summarize(db.results(), db.failures(), window)
 
 
 def _model_json(row: ModelSummary) -> dict[str, Any]:
@@ -126,12 +126,12 @@ def summary() -> ResponseReturnValue:
     """One row per provider and model over the window (default 24h)."""
     _authorize()
     result = _summary(strict=True)
-    return _private(jsonify(SUMMARY_ANSWER.dump({
+    return jsonify(SUMMARY_ANSWER.dump({
         "window": result.window,
         "since": result.since,
         "until": result.until,
         "models": [_model_json(row) for row in result.models],
-    })))
+    }))
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ def status_page() -> ResponseReturnValue:
         # stored before that, and keys added since.
         redact=lambda message: credentials.redact(message, secrets),
     )
-    return _private(Response(html, mimetype="text/html"))
+    return Response(html, mimetype="text/html")
 
 
 @bp.get("/metrics")
@@ -203,9 +203,10 @@ def metrics_text() -> ResponseReturnValue:
     """Prometheus text of every worker (read or write key; never public)."""
     auth.authenticate(allow_read=True)
     body, content_type = metrics.render()
-    return _private(Response(body, content_type=content_type))
+    return Response(body, content_type=content_type)
 
 
+@bp.after_request
 def _private(response: Response) -> Response:
     # Read answers carry measurements a key unlocked: never kept by a shared cache.
     response.headers["Cache-Control"] = "no-store"

@@ -65,8 +65,9 @@ def same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _judge(new: dict[str, Any], stored: dict[str, Any] | None, id_field: str,
-           fields: Sequence[str]) -> Outcome:
+def _duplicate_or_conflict(new: dict[str, Any], stored: dict[str, Any] | None, id_field: str,
+                           fields: Sequence[str]) -> Outcome:
+    # The id is taken: the same content is a duplicate, anything else a conflict.
     record_id = new[id_field]
     if stored is None:
         # Only possible if the stored document was deleted between insert and read.
@@ -91,7 +92,7 @@ def insert_one(collection: Collection, id_field: str, document: dict[str, Any],
             return Outcome(CREATED, document[id_field])
         except DuplicateKeyError:
             stored = collection.find_one({id_field: document[id_field]}, {"_id": False})
-    return _judge(document, stored, id_field, fields)
+    return _duplicate_or_conflict(document, stored, id_field, fields)
 
 
 def insert_many(collection: Collection, id_field: str, documents: Sequence[dict[str, Any]],
@@ -119,8 +120,8 @@ def insert_many(collection: Collection, id_field: str, documents: Sequence[dict[
     outcomes = []
     for i, document in enumerate(documents):
         if i in taken:
-            outcomes.append(_judge(document, stored_by_id.get(document[id_field]), id_field,
-                                   fields))
+            outcomes.append(_duplicate_or_conflict(
+                document, stored_by_id.get(document[id_field]), id_field, fields))
         else:
             outcomes.append(Outcome(CREATED, document[id_field]))
     return outcomes
@@ -175,8 +176,8 @@ def insert_results(documents: Sequence[dict[str, Any]],
         for i in movable:
             found = stored.get(documents[i]["result_id"])
             if found is not None and route(documents[i]).name == target.name:
-                outcomes[i] = replace(_judge(documents[i], found, "result_id",
-                                             contract.RESULT_FIELDS),
+                outcomes[i] = replace(_duplicate_or_conflict(documents[i], found, "result_id",
+                                                             contract.RESULT_FIELDS),
                                       published=other.name == results.name)
     groups: dict[str, tuple[Collection, list[int]]] = {}
     for i, document in enumerate(documents):
