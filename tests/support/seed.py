@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.database import Database
+
+import bench_contract as contract
+from ingest_app.schemas import fingerprint
 
 RESULTS = "metrics_cloud_v2"
 ERRORS = "errors_cloud"
@@ -40,7 +42,7 @@ def result_doc(model_name: str, run_ts: datetime, *, tokens_per_second: float = 
         "generate_time": output_tokens / tokens_per_second,
         "tokens_per_second": tokens_per_second,
         "attempts": 1,
-        "metric_version": 1,
+        "metric_version": contract.METRIC_VERSION,
         "received_at": run_ts + timedelta(seconds=5),
         "runner_id": runner_id,
     }
@@ -49,11 +51,8 @@ def result_doc(model_name: str, run_ts: datetime, *, tokens_per_second: float = 
 def failure_doc(model_name: str, ts: datetime, *, error_kind: str = "throttled",
                 stage: str = "call", message: str = "Too many requests, please wait.",
                 provider: str = "bedrock", runner_id: str = "runner-a") -> dict[str, Any]:
-    """A failure document as POST /ingest/error stores it, with a fingerprint."""
-    fingerprint = hashlib.sha256(
-        "|".join((provider, model_name, stage, error_kind, message)).encode()
-    ).hexdigest()[:16]
-    return {
+    """A failure document as POST /ingest/error stores it, with the app's own fingerprint."""
+    doc = {
         "error_id": str(uuid.uuid4()),
         "provider": provider,
         "model_name": model_name,
@@ -65,8 +64,8 @@ def failure_doc(model_name: str, ts: datetime, *, error_kind: str = "throttled",
         "attempts": 1,
         "received_at": ts + timedelta(seconds=5),
         "runner_id": runner_id,
-        "fingerprint": fingerprint,
     }
+    return {**doc, "fingerprint": fingerprint(doc)}
 
 
 def seed(db: Database, results: Sequence[dict[str, Any]] = (),
