@@ -52,23 +52,28 @@ class RateLimiter:
             return 0
         now = self.clock()
         with self._lock:
-            tokens, then = self._buckets.get(name, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - then) * self.rate)
+            tokens = self._tokens(name, now)
             if tokens >= 1:
                 self._buckets[name] = (tokens - 1, now)
                 return 0
             self._buckets[name] = (tokens, now)
-        return max(1, math.ceil((1 - tokens) / self.rate))
+        return self._seconds_until_one(tokens)
 
     def wait(self, name: str) -> int:
         """The seconds until `name` has a token again (0: it has one now); spends nothing."""
         if self.capacity <= 0:
             return 0
-        now = self.clock()
         with self._lock:
-            tokens, then = self._buckets.get(name, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - then) * self.rate)
-        return 0 if tokens >= 1 else max(1, math.ceil((1 - tokens) / self.rate))
+            tokens = self._tokens(name, self.clock())
+        return 0 if tokens >= 1 else self._seconds_until_one(tokens)
+
+    def _tokens(self, name: str, now: float) -> float:
+        # What the bucket holds now: what was left, refilled since, never above capacity.
+        tokens, then = self._buckets.get(name, (self.capacity, now))
+        return min(self.capacity, tokens + (now - then) * self.rate)
+
+    def _seconds_until_one(self, tokens: float) -> int:
+        return max(1, math.ceil((1 - tokens) / self.rate))
 
     def forget_all_past(self, size: int) -> None:
         """Empty the table once it holds more than `size` names."""

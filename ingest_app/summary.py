@@ -13,7 +13,7 @@ import math
 import re
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -168,6 +168,18 @@ class _Tally:
     points: list[tuple[datetime, float]] = field(default_factory=list)
 
 
+def _window_docs(cursor: Iterable[dict[str, Any]], ts_field: str,
+                 tallies: dict[tuple[str, str], _Tally]
+                 ) -> Iterator[tuple[tuple[str, str], datetime, dict[str, Any], _Tally]]:
+    # Each stored record with a string provider and model_name and a date, as UTC, with its
+    # model's tally; records another writer stored in another shape are passed over.
+    for doc in cursor:
+        key, ts = (doc.get("provider"), doc.get("model_name")), doc.get(ts_field)
+        if not isinstance(ts, datetime) or not all(isinstance(k, str) for k in key):
+            continue
+        yield key, as_utc(ts), doc, tallies.setdefault(key, _Tally())  # type: ignore[arg-type]
+
+
 def _tally_results(results: Collection, since: datetime,
                    tallies: dict[tuple[str, str], _Tally]) -> None:
     # {run_ts: -1}: a range scan over the window only; the projection keeps the read small.
@@ -176,12 +188,7 @@ def _tally_results(results: Collection, since: datetime,
         projection={"_id": 0, "provider": 1, "model_name": 1, "run_ts": 1,
                     "time_to_first_token": 1, "tokens_per_second": 1},
     )
-    for doc in cursor:
-        key, ts = (doc.get("provider"), doc.get("model_name")), doc.get("run_ts")
-        if not isinstance(ts, datetime) or not all(isinstance(k, str) for k in key):
-            continue
-        ts = as_utc(ts)
-        tally = tallies.setdefault(key, _Tally())
+    for _, ts, doc, tally in _window_docs(cursor, "run_ts", tallies):
         tally.results += 1
         if tally.last_result is None or ts > tally.last_result:
             tally.last_result = ts
@@ -201,12 +208,7 @@ def _tally_failures(errors: Collection, since: datetime,
                     "error_kind": 1, "message": 1, "fingerprint": 1},
     )
     groups: dict[str, tuple[int, datetime, dict[str, Any]]] = {}
-    for doc in cursor:
-        key, ts = (doc.get("provider"), doc.get("model_name")), doc.get("ts")
-        if not isinstance(ts, datetime) or not all(isinstance(k, str) for k in key):
-            continue
-        ts = as_utc(ts)
-        tally = tallies.setdefault(key, _Tally())
+    for key, ts, doc, tally in _window_docs(cursor, "ts", tallies):
         tally.failures += 1
         if tally.last_failure is None or ts > tally.last_failure:
             tally.last_failure, tally.last_failure_kind = ts, doc.get("error_kind")
