@@ -128,7 +128,8 @@ class SoakConfig:
     models: int = 4  # models that answer (one failing model is added)
     concurrency: int = 2
     interval_minutes: float = 0.02  # the daemon's cycle interval (1.2 s)
-    settle_seconds: float = 3.0  # all up, the daemon still running, before it is stopped
+    # All up again: the daemon has this long to empty pending/ by itself before it is stopped.
+    settle_seconds: float = 20.0
     drain_seconds: float = 30.0  # bound on `outbox flush` rounds after the daemon stopped
 
 
@@ -149,6 +150,7 @@ class SoakReport:
     # Answers the app gave during the faults, by status; a 500 is a bug (an outage is a 503).
     statuses: Counter = field(default_factory=Counter)
     left_for_flush: int = 0  # pending when the daemon stopped, for `outbox flush` to deliver
+    drained_in: float | None = None  # seconds the daemon took to empty pending/ once all was up
     flushes: int = 0
     runner_starts: int = 0
     daemon_exit: int | None = None
@@ -159,7 +161,7 @@ class SoakReport:
         """The promise held and the soak did something."""
         return (self.results > 0 and not self.duplicates and not self.lost and not self.unseen
                 and not self.dead and not self.pending and self.daemon_exit == 0
-                and not self.server_errors and not self.notes)
+                and not self.server_errors and not self.notes and not self.left_for_flush)
 
     @property
     def server_errors(self) -> int:
@@ -173,7 +175,8 @@ class SoakReport:
                 f"results={self.results} errors={self.errors} duplicates={self.duplicates} "
                 f"lost={len(self.lost)} unseen={len(self.unseen)} dead={len(self.dead)} "
                 f"pending={self.pending} http_503={self.statuses[503]} "
-                f"http_5xx_other={self.server_errors} left_for_flush={self.left_for_flush} "
+                f"http_5xx_other={self.server_errors} drained_in={_seconds(self.drained_in)} "
+                f"left_for_flush={self.left_for_flush} "
                 f"flushes={self.flushes} runner_starts={self.runner_starts} "
                 f"daemon_exit={self.daemon_exit} {'OK' if self.ok else 'FAILED'}")
 
@@ -491,6 +494,23 @@ class Soak:
                 return
             time.sleep(1.0)
 
+    def pending_count(self) -> int:
+        """Record files in pending/ now."""
+        return sum(1 for _ in (self.state / "outbox" / "pending").glob("*.json"))
+
+    def wait_drained(self, limit: float) -> float | None:
+        """Seconds until the daemon has emptied pending/ by itself; None if not in `limit`.
+
+        Once the API is back, the first send it acknowledges makes every waiting record due
+        (docs/reliability.md, backoff belongs to the destination), so one cycle does it.
+        """
+        started = time.monotonic()
+        while self.pending_count():
+            if time.monotonic() - started > limit:
+                return None
+            time.sleep(0.05)
+        return time.monotonic() - started
+
     def wait_ready(self, limit: float = 30.0) -> None:
         """Block until the app's /ready says the database answers."""
         deadline = time.monotonic() + limit
@@ -538,6 +558,10 @@ class Soak:
             report.dead.append(f"{path.name} {reason}")
 
 
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f}s"
+
+
 def _group_gone(pgid: int, limit: float) -> bool:
     """Wait until no process of group `pgid` is left; False if some still are after `limit`."""
     deadline = time.monotonic() + limit
@@ -557,10 +581,9 @@ def run_soak(config: SoakConfig) -> SoakReport:
     with Soak(config) as soak:
         soak.run_faults(faults)
         soak.wait_ready()
-        time.sleep(config.settle_seconds)  # the daemon drains on its own meanwhile
+        soak.report.drained_in = soak.wait_drained(config.settle_seconds)
         soak.stop_runner()
-        soak.report.left_for_flush = sum(
-            1 for _ in (soak.state / "outbox" / "pending").glob("*.json"))
+        soak.report.left_for_flush = soak.pending_count()
         soak.flush()
         soak.check()
         soak.report.seconds = time.monotonic() - started
