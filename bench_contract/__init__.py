@@ -29,12 +29,23 @@ PROTOCOL_VERSION = 1
 
 PROVIDERS = ("bedrock",)
 
+# The published protocol (docs/contract.md section 3): the exact request years of history
+# were measured with, compared under benchmark_profile_id. Never change one in place;
+# a new request gets a new id.
 DEFAULT_PROFILE_ID = "cloud-default-v1"
 DEFAULT_MAX_TOKENS = 64
 DEFAULT_TEMPERATURE = 0.1
-DEFAULT_PROMPT = (
-    "Write a short paragraph about the history of the bicycle, in plain English."
-)
+DEFAULT_PROMPT = "Tell a long and happy story about the history of the world."
+LONG_PROFILE_ID = "cloud-long-v1"
+REASONING_PROFILE_ID = "cloud-reasoning-v1"
+# id -> (maxTokens, sample_role); every one sends DEFAULT_PROMPT at DEFAULT_TEMPERATURE.
+# cloud-long-v1 gives the dashboard steady-state speed against the 64-token runs; the
+# reasoning profile measures models that spend 64 tokens thinking, as shadow samples.
+PROFILES = {
+    DEFAULT_PROFILE_ID: (DEFAULT_MAX_TOKENS, "published"),
+    LONG_PROFILE_ID: (512, "published"),
+    REASONING_PROFILE_ID: (2048, "shadow"),
+}
 
 MAX_BATCH_ITEMS = 500
 MAX_BODY_BYTES = 1024 * 1024

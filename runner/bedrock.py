@@ -334,7 +334,8 @@ class BedrockProvider:
                     "budget_exhausted",
                     f"{model_id} spent the whole budget of {profile.max_tokens} tokens "
                     f"({seen.reasoning_chunks} reasoning deltas) without visible text; "
-                    f"raise --max-tokens for reasoning models",
+                    f"raise --max-tokens for reasoning models, or add the "
+                    f"{contract.REASONING_PROFILE_ID} profile to --profiles",
                     "BudgetExhausted", request_id=seen.request_id),
                 "stream", seen.run_ts, seen.request_id)
         assert seen.end is not None

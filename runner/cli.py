@@ -135,7 +135,19 @@ def _ingest_url_option(f: Any) -> Any:
         help="Full URL of the ingest API's POST /ingest; /batch and /error are derived.")(f)
 
 
-def _measure_options(f: Any) -> Any:
+def _profile_cost() -> str:
+    from .records import CATALOGUE
+
+    return "; ".join(f"{p.profile_id} up to {p.max_tokens} output tokens"
+                     + ("" if p.sample_role == "published" else f" ({p.sample_role}, kept off "
+                        "the public charts)") for p in CATALOGUE.values())
+
+
+def _measure_options(profiles_default: str) -> Any:
+    return lambda f: _with_measure_options(f, profiles_default)
+
+
+def _with_measure_options(f: Any, profiles_default: str) -> Any:
     options = [
         click.option("--models", envvar=cfg.ENV_MODELS, show_envvar=True, default=None,
                      show_default="none: required",
@@ -148,9 +160,15 @@ def _measure_options(f: Any) -> Any:
         click.option("--concurrency", envvar=cfg.ENV_CONCURRENCY, show_envvar=True,
                      type=click.IntRange(1, 64), default=cfg.DEFAULT_CONCURRENCY,
                      help="Models measured at once (one client, a connection each)."),
+        click.option("--profiles", envvar=cfg.ENV_PROFILES, show_envvar=True,
+                     default=profiles_default,
+                     help="Comma-separated profiles, each measured for every model in turn. "
+                          "Token cost per model and run: " + _profile_cost() + "; each "
+                          "also sends the one-sentence prompt as input."),
         click.option("--prompt", default=contract.DEFAULT_PROMPT,
                      show_default="the cloud-default-v1 prompt",
-                     help="Prompt sent to every model (change --profile-id with it)."),
+                     help="Prompt of a profile of your own, measured instead of --profiles "
+                          "and stored as a probe (change --profile-id with it)."),
         click.option("--max-tokens", type=click.IntRange(1), default=contract.DEFAULT_MAX_TOKENS,
                      help="maxTokens asked of every model."),
         click.option("--temperature", type=_Temperature(), default=contract.DEFAULT_TEMPERATURE,
@@ -204,7 +222,7 @@ def _settings(opts: dict[str, Any], *, need_models: bool, need_delivery: bool) -
     from dataclasses import replace
 
     keys = ("state_dir", "ingest_url", "models", "provider", "region", "concurrency", "prompt",
-            "max_tokens", "temperature", "profile_id", "max_pending")
+            "max_tokens", "temperature", "profile_id", "profiles", "max_pending")
     settings = cfg.load(**{k: opts[k] for k in keys if k in opts})
     if "call_timeout" in opts:
         settings = replace(settings, call_timeout=opts["call_timeout"])
@@ -255,26 +273,37 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def _outcome_line(outcome: ModelOutcome) -> str:
     r: Any = outcome.record
+    profile = f"  [{r.benchmark_profile_id}]" if r.benchmark_profile_id else ""
     if outcome.ok:
         return (f"{outcome.model}: ok  TTFT {_fmt(r.time_to_first_token, '.3f')} s  "
                 f"{r.tokens_per_second:.1f} tok/s  {r.output_tokens} tokens"
-                + ("" if r.attempts == 1 else f"  ({r.attempts} attempts)"))
-    return f"{outcome.model}: FAILED {r.error_kind}: {r.message}"
+                + ("" if r.attempts == 1 else f"  ({r.attempts} attempts)")
+                + f"  64 visible in {_fmt(r.time_to_64_visible_tokens_seconds, '.3f')} s"
+                + profile)
+    return f"{outcome.model}: FAILED {r.error_kind}: {r.message}{profile}"
 
 
 def _table(report: CycleReport) -> str:
-    rows = [("MODEL", "OUTCOME", "TTFT s", "TOK/S", "TOKENS")]
-    by_model = {o.model: o for o in report.outcomes}
-    for model in report.models:
-        o = by_model.get(model)
-        if o is None:
-            rows.append((model, "not measured", "-", "-", "-"))
-        elif o.ok:
-            r: Any = o.record
-            rows.append((model, "ok", _fmt(r.time_to_first_token, ".3f"),
-                         f"{r.tokens_per_second:.1f}", str(r.output_tokens)))
-        else:
-            rows.append((model, f"failed: {o.record.error_kind}", "-", "-", "-"))
+    several = bool(report.parts)
+    rows = [("MODEL", "PROFILE", "OUTCOME", "TTFT s", "TOK/S", "TOKENS", "TO-64 s")]
+    for part in report.parts or [report]:
+        by_model = {o.model: o for o in part.outcomes}
+        profile = part.profile_id or "-"
+        for model in part.models:
+            o = by_model.get(model)
+            if o is None:
+                rows.append((model, profile, "not measured", "-", "-", "-", "-"))
+            elif o.ok:
+                r: Any = o.record
+                rows.append((model, profile, "ok", _fmt(r.time_to_first_token, ".3f"),
+                             f"{r.tokens_per_second:.1f}", str(r.output_tokens),
+                             _fmt(r.time_to_64_visible_tokens_seconds, ".3f")))
+            else:
+                rows.append((model, profile, f"failed: {o.record.error_kind}", "-", "-", "-",
+                             "-"))
+    if not several:
+        # One profile: the table a single run has always printed.
+        rows = [row[:1] + row[2:6] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
                      .rstrip() for row in rows)
@@ -298,7 +327,7 @@ def main() -> None:
 
 
 @main.command(epilog=DELIVERY_EPILOG)
-@_measure_options
+@_measure_options(cfg.DEFAULT_PROFILES)
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON on stdout.")
 @_log_level_option("warning")
 @click.pass_context
@@ -306,7 +335,7 @@ def once(ctx: click.Context, as_json: bool, log_level: str, **opts: Any) -> None
     """Measure each model once, deliver every record, print a summary."""
     settings, outbox = _start(log_level, opts, need_models=True)
     provider = _warm_provider(settings)
-    from .cycle import run_cycle
+    from .cycle import run_profiles
     from .ingest_client import IngestClient
 
     def show(outcome: ModelOutcome) -> None:
@@ -316,8 +345,8 @@ def once(ctx: click.Context, as_json: bool, log_level: str, **opts: Any) -> None
     previous = _catch_stop_signals(stop)
     try:
         with IngestClient(settings) as client:
-            report = run_cycle(settings, provider, outbox, client, warm=False, on_outcome=show,
-                               stop=stop)
+            report = run_profiles(settings, provider, outbox, client, warm=False,
+                                  on_outcome=show, stop=stop)
     finally:
         provider.close()
         _restore_signals(previous)
@@ -395,7 +424,7 @@ def _restore_signals(previous: dict[int, Any]) -> None:
 @click.option("--interval", type=click.FloatRange(min=0.0), default=60.0,
               envvar="BENCH_RUNNER_INTERVAL", show_envvar=True,
               help="Minutes from the start of one cycle to the start of the next.")
-@_measure_options
+@_measure_options(cfg.DASHBOARD_PROFILES)
 @_log_level_option("info")
 def daemon(interval: float, log_level: str, **opts: Any) -> None:
     """Run a cycle every --interval minutes until SIGTERM or SIGINT (for containers).
@@ -409,7 +438,7 @@ def daemon(interval: float, log_level: str, **opts: Any) -> None:
     import logging
     import signal
 
-    from .cycle import report_cycle_failure, run_cycle
+    from .cycle import report_cycle_failure, run_profiles
     from .failures import describe
     from .ingest_client import IngestClient
 
@@ -417,7 +446,8 @@ def daemon(interval: float, log_level: str, **opts: Any) -> None:
     stop = _StopSignal()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    log.info("daemon started models=%s interval_min=%s", ",".join(settings.models), interval)
+    log.info("daemon started models=%s profiles=%s interval_min=%s", ",".join(settings.models),
+             ",".join(p.profile_id for p in settings.profiles), interval)
     cycles = 0
     code = ExitCode.OK
     try:
@@ -425,9 +455,9 @@ def daemon(interval: float, log_level: str, **opts: Any) -> None:
             while not stop.is_set() and code == ExitCode.OK:
                 started = time.monotonic()
                 try:
-                    report = run_cycle(settings, provider, outbox, client, warm=cycles > 0,
-                                       stop=stop,
-                                       on_outcome=lambda o: log.info("%s", _outcome_line(o)))
+                    report = run_profiles(
+                        settings, provider, outbox, client, warm=cycles > 0, stop=stop,
+                        on_outcome=lambda o: log.info("%s", _outcome_line(o)))
                     log.info("cycle %d exit=%d %s", cycles + 1, exit_code(report),
                              _delivery_line(report))
                     for problem in report.problems():

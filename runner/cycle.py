@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,6 +54,9 @@ class CycleReport:
     pending: int = 0
     dead_total: int = 0
     seconds: float = 0.0
+    profile_id: str | None = None
+    # With several profiles: the cycle of each, in order (this report is their sum).
+    parts: list[CycleReport] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -114,7 +117,7 @@ def run_cycle(
     from .provider import SetupError
 
     started = time.perf_counter()
-    report = CycleReport(models=settings.models)
+    report = CycleReport(models=settings.models, profile_id=settings.profile.profile_id)
     try:
         if warm:
             provider.warm()
@@ -147,6 +150,46 @@ def run_cycle(
                            [m for m in settings.models if m not in done], "unknown",
                            report.cycle_error, type(exc).__name__, on_outcome)
     return _finish(report, outbox, started)
+
+
+def run_profiles(
+    settings: Settings,
+    provider: Any,
+    outbox: Outbox,
+    client: Any,
+    *,
+    warm: bool = True,
+    on_outcome: Callable[[ModelOutcome], None] | None = None,
+    stop: threading.Event | None = None,
+) -> CycleReport:
+    """One cycle for each of settings.profiles in turn, summed into one report."""
+    parts: list[CycleReport] = []
+    last_run: CycleReport | None = None
+    for i, profile in enumerate(settings.profiles):
+        if parts and parts[-1].delivery.auth_refused:
+            # Measuring more would only fill the outbox with records the API refuses.
+            parts.append(CycleReport(models=settings.models, profile_id=profile.profile_id,
+                                     skipped=list(settings.models)))
+            continue
+        last_run = run_cycle(replace(settings, profile=profile), provider, outbox, client,
+                             warm=warm and i == 0, on_outcome=on_outcome, stop=stop)
+        parts.append(last_run)
+    if len(parts) == 1:
+        return parts[0]
+    total = CycleReport(models=tuple(m for part in parts for m in part.models), parts=parts)
+    for part in parts:
+        total.outcomes.extend(part.outcomes)
+        total.skipped.extend(part.skipped)
+        total.delivery.add(part.delivery)
+        total.refused_at_queue += part.refused_at_queue
+        total.lost += part.lost
+        total.setup_error = total.setup_error or part.setup_error
+        total.cycle_error = total.cycle_error or part.cycle_error
+        total.outbox_full = total.outbox_full or part.outbox_full
+        total.seconds += part.seconds
+    assert last_run is not None  # the first profile always runs
+    total.pending, total.dead_total = last_run.pending, last_run.dead_total
+    return total
 
 
 def _report_unmeasured(settings: Settings, provider: Any, outbox: Outbox, client: Any,

@@ -23,6 +23,13 @@ class Profile:
     sample_role: str = contract.PUBLISHED
 
 
+# The catalogue `--profiles` chooses from (bench_contract.PROFILES).
+CATALOGUE: dict[str, Profile] = {
+    profile_id: Profile(max_tokens=max_tokens, profile_id=profile_id, sample_role=role)
+    for profile_id, (max_tokens, role) in contract.PROFILES.items()
+}
+
+
 def _runner_version() -> str:
     # Resolved when a record is made, not at import, so `bench-runner --help` stays fast.
     import runner

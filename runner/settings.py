@@ -16,11 +16,12 @@ from pathlib import Path
 
 import bench_contract as contract
 
-from .records import Profile
+from .records import CATALOGUE, Profile
 
 ENV_INGEST_URL = "INGEST_API_URL"
 ENV_API_KEY = "INGEST_API_KEY"
 ENV_MODELS = "BENCHMARK_MODELS"
+ENV_PROFILES = "BENCHMARK_PROFILES"
 ENV_STATE_DIR = "BENCH_RUNNER_STATE_DIR"
 ENV_REGION = "AWS_REGION"
 ENV_PROVIDER = "BENCH_RUNNER_PROVIDER"
@@ -36,6 +37,10 @@ DEFAULT_CONCURRENCY = 1
 DEFAULT_MAX_PENDING = 10_000
 DEFAULT_CALL_TIMEOUT = 120.0
 DEFAULT_RETRIES = 2
+# `once` by hand: the headline profile only. The timer (through runner.env) and the daemon:
+# what the dashboard reads, the 64-token runs and the 512-token ones it fits speed from.
+DEFAULT_PROFILES = contract.DEFAULT_PROFILE_ID
+DASHBOARD_PROFILES = f"{contract.DEFAULT_PROFILE_ID},{contract.LONG_PROFILE_ID}"
 
 
 # What a Bedrock model id, inference-profile id or ARN is made of; a space, a semicolon, a
@@ -106,7 +111,10 @@ class Settings:
     provider: str = DEFAULT_PROVIDER
     region: str | None = None
     concurrency: int = DEFAULT_CONCURRENCY
+    # The profile being measured now; `profiles` are all a run measures, in order.
     profile: Profile = field(default_factory=Profile)
+    profiles: tuple[Profile, ...] = (Profile(),)
+    unknown_profiles: tuple[str, ...] = ()
     max_pending: int = DEFAULT_MAX_PENDING
     # Plain http:// to a host that is not this one sends the key in clear text: refused
     # unless BENCH_RUNNER_ALLOW_HTTP says the network is trusted.
@@ -171,6 +179,11 @@ class Settings:
                 out.append(f"{ENV_API_KEY} is not set (this runner's key, from INGEST_API_KEYS)")
             elif not self.api_key.isascii() or any(c.isspace() for c in self.api_key):
                 out.append(f"{ENV_API_KEY} must be printable ASCII without spaces")
+        if self.unknown_profiles:
+            out.append(f"unknown profile {', '.join(self.unknown_profiles)} (--profiles "
+                       f"takes {', '.join(CATALOGUE)})")
+        if not self.profiles:
+            out.append(f"no profiles (use --profiles or set {ENV_PROFILES})")
         default = Profile()
         changed = (self.profile.prompt, self.profile.max_tokens, self.profile.temperature) != (
             default.prompt, default.max_tokens, default.temperature)
@@ -204,12 +217,26 @@ def load(
     max_tokens: int = contract.DEFAULT_MAX_TOKENS,
     temperature: float | None = contract.DEFAULT_TEMPERATURE,
     profile_id: str = contract.DEFAULT_PROFILE_ID,
+    profiles: str | Iterable[str] | None = None,
     max_pending: int = DEFAULT_MAX_PENDING,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Build Settings from option values (already env-resolved by click) and the environment."""
     env = os.environ if environ is None else environ
     resolved_dir = Path(state_dir).expanduser() if state_dir else default_state_dir(env)
+    custom = Profile(prompt=prompt, max_tokens=max_tokens, temperature=temperature,
+                     profile_id=profile_id)
+    names = parse_models(DEFAULT_PROFILES if profiles is None else profiles)
+    chosen = tuple(CATALOGUE[n] for n in names if n in CATALOGUE)
+    unknown = tuple(n for n in names if n not in CATALOGUE)
+    if (prompt, max_tokens, temperature, profile_id) != (
+            contract.DEFAULT_PROMPT, contract.DEFAULT_MAX_TOKENS, contract.DEFAULT_TEMPERATURE,
+            contract.DEFAULT_PROFILE_ID):
+        # A request of one's own is measured alone, and never published: only the
+        # catalogue's profiles reach the public collection (docs/contract.md section 3).
+        custom = Profile(prompt=prompt, max_tokens=max_tokens, temperature=temperature,
+                         profile_id=profile_id, sample_role="probe")
+        chosen, unknown = (custom,), ()
     return Settings(
         state_dir=resolved_dir,
         ingest_url=(ingest_url or "").strip().rstrip("/"),
@@ -218,8 +245,9 @@ def load(
         provider=provider,
         region=region or None,
         concurrency=concurrency,
-        profile=Profile(prompt=prompt, max_tokens=max_tokens, temperature=temperature,
-                        profile_id=profile_id),
+        profile=chosen[0] if chosen else custom,
+        profiles=chosen,
+        unknown_profiles=unknown,
         max_pending=max_pending,
         allow_http=env.get(ENV_ALLOW_HTTP, "").strip().lower() in ("1", "true", "yes", "on"),
     )

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import bench_contract as contract
+
 from . import eventstream, visible_tokens
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 GEO_PREFIXES = ("us.", "eu.", "apac.", "global.")
 STREAMS_KEPT = 1000
 # The maxTokens of the runner's profiles (bench_contract.PROFILES).
-PLANNED_BUDGETS = (64, 512, 2048)
+PLANNED_BUDGETS = tuple(sorted({budget for budget, _ in contract.PROFILES.values()}))
 
 # Errors answered before the stream: (status, x-amzn-ErrorType, message).
 PRE_STREAM_ERRORS: dict[str, tuple[int, str, str]] = {

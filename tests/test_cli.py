@@ -388,7 +388,8 @@ def test_daemon_survives_a_bad_cycle(env, sim, scripted_ingest, monkeypatch, cap
     monkeypatch.setattr(cycle_module, "run_cycle", flaky_cycle)
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        result = invoke(["daemon", "--interval", "0"], env)
+        # One profile, so one cycle is one run_cycle call.
+        result = invoke(["daemon", "--interval", "0", "--profiles", "cloud-default-v1"], env)
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
@@ -641,3 +642,18 @@ def test_no_log_level_shows_a_credential(env, sim, scripted_ingest):
     for secret in [*secrets.values(), SCRIPTED_KEY]:
         assert secret not in result.stderr
         assert secret not in result.stdout
+def test_an_unknown_profile_is_a_one_line_config_error(env, sim, scripted_ingest):
+    result = invoke(["once", "--profiles", "cloud-default-v1,cloud-huge-v9"], env)
+    assert result.exit_code == ExitCode.CONFIG
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert "cloud-huge-v9" in line and "cloud-long-v1" in line
+    assert scripted_ingest.requests == []
+
+
+def test_help_says_what_each_profile_costs_in_tokens():
+    for command in ("once", "daemon"):
+        # Without whitespace: click may wrap a line at a profile id's hyphen.
+        text = "".join(invoke([command, "--help"], {}).output.split())
+        assert "cloud-default-v1upto64outputtokens" in text
+        assert "cloud-long-v1upto512outputtokens" in text
+        assert "cloud-reasoning-v1upto2048outputtokens" in text

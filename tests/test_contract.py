@@ -35,3 +35,31 @@ def test_result_payload_sends_explicit_null_ttft():
     payload = r.to_payload()
     assert payload["time_to_first_token"] is None
     assert payload["run_ts"].endswith("+00:00")
+
+
+def test_the_published_profile_is_the_request_the_history_was_made_with():
+    from runner.records import CATALOGUE, Profile
+
+    story = "Tell a long and happy story about the history of the world."
+    assert CATALOGUE["cloud-default-v1"] == Profile(
+        prompt=story, max_tokens=64, temperature=0.1, profile_id="cloud-default-v1",
+        sample_role="published")
+    assert Profile() == CATALOGUE["cloud-default-v1"]
+    assert CATALOGUE["cloud-long-v1"] == Profile(
+        prompt=story, max_tokens=512, temperature=0.1, profile_id="cloud-long-v1",
+        sample_role="published")
+    assert CATALOGUE["cloud-reasoning-v1"] == Profile(
+        prompt=story, max_tokens=2048, temperature=0.1, profile_id="cloud-reasoning-v1",
+        sample_role="shadow")
+
+
+def test_a_profile_of_ones_own_is_measured_alone_and_never_published(tmp_path):
+    from runner import settings as cfg
+
+    own = cfg.load(state_dir=tmp_path, max_tokens=128, profile_id="my-long-v1",
+                   profiles="cloud-default-v1,cloud-long-v1", environ={})
+    assert [(p.profile_id, p.max_tokens, p.sample_role) for p in own.profiles] == [
+        ("my-long-v1", 128, "probe")]
+    chosen = cfg.load(state_dir=tmp_path, profiles="cloud-long-v1, cloud-default-v1",
+                      environ={})
+    assert [p.profile_id for p in chosen.profiles] == ["cloud-long-v1", "cloud-default-v1"]

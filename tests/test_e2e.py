@@ -414,7 +414,34 @@ def test_runner_with_the_shipped_env_file_keeps_its_outbox_in_systemds_state_dir
     assert proc.returncode == ExitCode.OK, proc.stdout + proc.stderr
     assert (state / "outbox" / "pending").is_dir()
     assert outbox_ids(state, "pending") == set()
-    stored = list(ingest_server.db["metrics_cloud_v2"].find({}, {"model_name": 1, "region": 1}))
-    assert sorted(d["model_name"] for d in stored) == sorted(GOOD)
+    stored = list(ingest_server.db["metrics_cloud_v2"].find(
+        {}, {"model_name": 1, "region": 1, "benchmark_profile_id": 1}))
+    # The shipped file runs what the dashboard reads: each model under both profiles.
+    for profile in ("cloud-default-v1", "cloud-long-v1"):
+        assert sorted(d["model_name"] for d in stored
+                      if d["benchmark_profile_id"] == profile) == sorted(GOOD)
+    assert len(stored) == 2 * len(GOOD)
     # AWS_REGION from the file reached boto3.
     assert {d["region"] for d in stored} == {env["AWS_REGION"]}
+
+
+def test_profiles_are_stamped_and_only_published_ones_reach_the_public_collection(
+        sim, ingest_server, tmp_path):
+    env = runner_env(ingest_server.url, tmp_path / "state")
+    argv = [*runner_argv(GOOD), "--profiles",
+            "cloud-default-v1,cloud-long-v1,cloud-reasoning-v1"]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == ExitCode.OK, proc.stderr
+    public = list(ingest_server.db["metrics_cloud_v2"].find())
+    probe = list(ingest_server.db["metrics_cloud_probe"].find())
+    assert sorted((d["benchmark_profile_id"], d["requested_tokens"], d["sample_role"])
+                  for d in public) == sorted(
+        [("cloud-default-v1", 64, "published")] * 2 + [("cloud-long-v1", 512, "published")] * 2)
+    assert sorted((d["benchmark_profile_id"], d["requested_tokens"], d["sample_role"])
+                  for d in probe) == [("cloud-reasoning-v1", 2048, "shadow")] * 2
+    for doc in public + probe:
+        assert doc["protocol_version"] == 1 and doc["temperature"] == 0.1
+        assert doc["model_name"] in GOOD
+    # The table says which profile each row is.
+    assert "cloud-reasoning-v1" in proc.stderr
