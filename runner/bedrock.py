@@ -29,7 +29,7 @@ import bench_contract as contract
 from .failures import CallDeadlineExceeded, Classification, classify
 from .provider import CatalogEntry, SetupError
 from .records import Failure, Profile, Result
-from .visible_tokens import VisibleTokenClock
+from .visible_tokens import EncodingUnavailable, VisibleTokenClock, encoding
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,11 @@ class BedrockProvider:
         Called again before each cycle, it re-warms the pool: connections left idle
         between daemon cycles may have been closed by the far end.
         """
+        try:
+            # Loading cl100k_base takes ~0.1 s: here, never inside the first model's timing.
+            encoding()
+        except EncodingUnavailable as exc:
+            raise SetupError(str(exc), kind="invalid_request") from exc
         with self._lock:
             if self._runtime is None:
                 self._runtime = self._create_runtime()

@@ -488,3 +488,12 @@ def test_without_usage_visible_tokens_are_counted_from_the_text(provider_for):
     assert result.token_source == "stream_chunks"
     assert result.visible_output_tokens == plan.visible_output_tokens
     _assert_time_to_64(result, sim, "sim.quiet", LONG)
+
+
+def test_warm_loads_the_token_encoding_before_any_timer(provider_for, monkeypatch):
+    # Loading cl100k_base takes ~0.1 s; inside a stream it would delay every later delta.
+    from runner import visible_tokens
+
+    monkeypatch.setattr(visible_tokens, "_encoding", None)
+    provider_for({"m": ModelBehaviour(ttft=0.05, gap=0.005, output_tokens=8)})  # warms
+    assert visible_tokens._encoding is not None
