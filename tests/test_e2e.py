@@ -19,8 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -31,7 +29,7 @@ import pytest
 
 import bench_contract as contract
 from runner.cli import ExitCode
-from tests.support.ingest import TEST_KEYS, gunicorn_env
+from tests.support.ingest import TEST_KEYS, gunicorn_env, http_status
 from tests.support.mongo import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,18 +89,6 @@ def ingest_app(port: int, mongo_uri: str, db_name: str) -> Iterator[str]:
                     proc.wait(timeout=10)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-
-
-def http_status(url: str) -> int | None:
-    """Status of a GET, or None when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=3) as answer:
-            return answer.status
-    except urllib.error.HTTPError as error:
-        error.close()
-        return error.code
-    except OSError:
-        return None
 
 
 def wait_ready(url: str, limit: float = 20.0) -> None:

@@ -187,6 +187,18 @@ def run_gunicorn(env: dict[str, str], *, workers: int = 2, timeout: int = 30) ->
         yield server.url
 
 
+def http_status(url: str) -> int | None:
+    """Status of a GET, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        error.close()
+        return error.code
+    except OSError:
+        return None
+
+
 def wait_healthy(server: Gunicorn, limit: float = 20.0) -> None:
     """Block until gunicorn answers /health with 200; RuntimeError with its log if it cannot."""
     deadline = time.monotonic() + limit

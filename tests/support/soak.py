@@ -26,8 +26,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from tests.support.ingest import (
     TEST_KEYS,
     Gunicorn,
     gunicorn_env,
+    http_status,
     spawn_gunicorn,
     stop_gunicorn,
     wait_healthy,
@@ -240,17 +239,6 @@ def ids_in_logs(paths: list[Path]) -> dict[str, str | None]:
                 else:
                     found.setdefault(match[3], None)
     return found
-
-
-def _http_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as answer:
-            return answer.status
-    except urllib.error.HTTPError as error:
-        error.close()
-        return error.code
-    except OSError:
-        return None
 
 
 class Soak:
@@ -515,7 +503,7 @@ class Soak:
         """Block until the app's /ready says the database answers."""
         deadline = time.monotonic() + limit
         url = f"http://127.0.0.1:{self.app_port}/ready"
-        while _http_status(url) != 200:
+        while http_status(url) != 200:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the ingest app was not ready {limit} s after the chaos")
             time.sleep(0.2)
