@@ -95,7 +95,7 @@ def _withheld(records: list[dict[str, Any]]) -> list[str | None]:
 def _record_health(documents: list[dict[str, Any]], outcomes: list[store.Outcome]) -> None:
     # Only a result newly stored in the public collection is a success the dashboard shows.
     model_health.record(
-        model_health.Event(d["provider"], d["model_name"], d["run_ts"])
+        (d["provider"], d["model_name"])
         for d, o in zip(documents, outcomes, strict=True)
         if o.status == store.CREATED and o.published
     )
@@ -125,9 +125,7 @@ def ingest_error() -> ResponseReturnValue:
     document = {**_stamp(record, store.now()), "fingerprint": fingerprint(record)}
     outcome = store.insert_one(db.failures(), "error_id", document, contract.ERROR_FIELDS)
     if outcome.status == store.CREATED:
-        model_health.record([model_health.Event(document["provider"], document["model_name"],
-                                    document["ts"], document["error_kind"],
-                                    document["message"])])
+        model_health.record([(document["provider"], document["model_name"])])
     return _answer("error", outcome, "error_id")
 
 

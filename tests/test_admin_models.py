@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 
 from ingest_app import create_app
+from ingest_app import health as model_health
 from tests.support.ingest import REPO, gunicorn_env, result_payload
 
 MODEL = "sim.fast-v1"
@@ -102,6 +103,7 @@ def test_list_shows_state_freshness_and_display_name(cli, mongo_db, client, auth
     mongo_db["models"].insert_one({"provider": "openai", "model_id": "gpt-x",
                                    "display_name": "GPT X", "enabled": False})
     client.post("/ingest", json=result_payload(), headers=auth_headers)
+    assert model_health.settle(timeout=30)  # the recount runs after the write is answered
     lines = cli("list").output.splitlines()
     assert lines[0].split() == ["PROVIDER", "MODEL_ID", "STATE", "FRESHNESS", "LAST", "SUCCESS",
                                 "DISPLAY", "NAME"]

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ingest_app import health as model_health
 from tests.support.ingest import (
     TEST_KEYS,
     failure_payload,
@@ -56,6 +57,8 @@ def listed(mongo_db, model: str = MODEL, **fields) -> None:
 
 
 def state(mongo_db, model: str = MODEL) -> dict | None:
+    """The model's health once this process's updater has recounted every write so far."""
+    assert model_health.settle(timeout=30), "health recount still running after 30 s"
     doc = mongo_db[HEALTH].find_one({"provider": "bedrock", "model_id": model})
     if doc is not None:
         for name in TIME_FIELDS:
@@ -241,3 +244,50 @@ def test_concurrent_workers_and_shuffled_resends_leave_exact_health(mongo_uri, m
     else:
         assert doc["last_error_at"] is None
     assert mongo_db[HEALTH].count_documents({}) == 1
+
+
+def test_a_recount_that_fails_is_tried_again_until_the_health_is_exact(client, auth_headers,
+                                                                       mongo_db, monkeypatch,
+                                                                       caplog):
+    from pymongo.errors import AutoReconnect
+
+    listed(mongo_db)
+    real_apply, calls = model_health._apply, []
+
+    def flaky_apply(*args, **kwargs):
+        calls.append(args[:2])
+        if len(calls) <= 2:  # the database goes away for the first two recounts
+            raise AutoReconnect("connection reset")
+        return real_apply(*args, **kwargs)
+
+    monkeypatch.setattr(model_health, "_apply", flaky_apply)
+    monkeypatch.setattr(model_health.Updater, "RETRY_SECONDS", 0.05)
+    run_ts = datetime.now(UTC) - timedelta(minutes=5)
+    assert client.post("/ingest", json=result_payload(run_ts=iso(run_ts)),
+                       headers=auth_headers).status_code == 201
+    doc = state(mongo_db)
+    assert calls == [("bedrock", MODEL)] * 3
+    assert (doc["last_success_at"], doc["successes_24h"], doc["freshness_status"]) == \
+        (ms(run_ts), 1, "fresh")
+    warned = [r.getMessage() for r in caplog.records if r.name == "ingest_app.health"]
+    assert warned == ["health not updated for 1 model(s): AutoReconnect (tried again shortly)"] * 2
+
+
+def test_a_write_is_answered_while_its_models_recount_is_still_running(client, auth_headers,
+                                                                       mongo_db, monkeypatch):
+    import threading
+
+    listed(mongo_db)
+    real_apply, release = model_health._apply, threading.Event()
+
+    def slow_apply(*args, **kwargs):
+        release.wait(30)
+        return real_apply(*args, **kwargs)
+
+    monkeypatch.setattr(model_health, "_apply", slow_apply)
+    answer = client.post("/ingest", json=result_payload(), headers=auth_headers)
+    # Answered with the recount held back: health is not on the write's path.
+    assert answer.status_code == 201
+    assert mongo_db[HEALTH].find_one({"model_id": MODEL}) is None
+    release.set()
+    assert state(mongo_db)["successes_24h"] == 1

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from ingest_app import create_app
+from ingest_app import health as model_health
 from ingest_app.settings import Settings
 from runner.records import Failure, Result
 from tests.support.mongo import free_port
@@ -88,6 +89,7 @@ def app(ingest_settings, mongo_db):
     """The Flask app on this test's database (dropped afterwards by mongo_db)."""
     application = create_app(ingest_settings)
     yield application
+    model_health.close(application, timeout=5)
     application.extensions["bench_ingest.db"].close()
 
 
