@@ -19,7 +19,12 @@ METRIC_VERSION = 2
 # The dashboard's name for the shape of a results row: 2 is the row with the generated and
 # visible token fields below. Not ours to bump; our own definitions are METRIC_VERSION.
 METRICS_SCHEMA_VERSION = 2
-REQUEST_MODES = ("bedrock_converse_stream",)
+# How a result was measured, named as the dashboard's other writers name theirs
+# (<vendor API>_stream). A result's request_mode must be one its provider speaks.
+BEDROCK_MODE = "bedrock_converse_stream"
+OPENAI_CHAT_MODE = "openai_chat_completions_stream"
+ANTHROPIC_MODE = "anthropic_messages_stream"
+REQUEST_MODES = (BEDROCK_MODE, OPENAI_CHAT_MODE, ANTHROPIC_MODE)
 # Delivered TPS is VISIBLE_TOKEN_MARK / time_to_64_visible_tokens_seconds.
 VISIBLE_TOKEN_MARK = 64
 
@@ -27,7 +32,22 @@ VISIBLE_TOKEN_MARK = 64
 # (docs/contract.md section 3): protocol_version on every result.
 PROTOCOL_VERSION = 1
 
-PROVIDERS = ("bedrock",)
+# The names stored as `provider`: the dashboard's canonical provider ids (its URL slugs), so
+# a row lands on the same line as the other writers' rows of that host. vllm and tgi name
+# self-hosted OpenAI-compatible servers. A new host is a new line here, on both sides.
+PROVIDER_REQUEST_MODES: dict[str, tuple[str, ...]] = {
+    "bedrock": (BEDROCK_MODE,),
+    "anthropic": (ANTHROPIC_MODE,),
+    "openai": (OPENAI_CHAT_MODE,),
+    "groq": (OPENAI_CHAT_MODE,),
+    "together": (OPENAI_CHAT_MODE,),
+    "fireworks": (OPENAI_CHAT_MODE,),
+    "deepinfra": (OPENAI_CHAT_MODE,),
+    "cerebras": (OPENAI_CHAT_MODE,),
+    "vllm": (OPENAI_CHAT_MODE,),
+    "tgi": (OPENAI_CHAT_MODE,),
+}
+PROVIDERS = tuple(PROVIDER_REQUEST_MODES)
 
 # The published protocol (docs/contract.md section 3): the exact request years of history
 # were measured with, compared under benchmark_profile_id. Never change one in place;
@@ -142,6 +162,9 @@ SERVER_ERROR_FIELDS = ("received_at", "runner_id", "fingerprint")
 # An AWS access key id (user, session, role or account-root form) in any text: both sides
 # redact it before a message is logged, sent or stored (docs/contract.md section 4).
 AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{16}\b")
+# The shapes of the hosted vendors' API keys (OpenAI and Anthropic sk-..., Groq gsk_...,
+# Fireworks fw_..., Cerebras csk-...) in any text: both sides redact them as they do AWS ids.
+VENDOR_API_KEY = re.compile(r"\b(?:sk-|gsk_|fw_|csk-)[A-Za-z0-9_-]{16,}")
 
 PACKAGE = "bench-ingest"
 

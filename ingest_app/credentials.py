@@ -51,6 +51,7 @@ def redact(message: str, keys: Iterable[str]) -> str:
         if key:
             message = message.replace(key, REDACTED)
     message = contract.AWS_KEY_ID.sub(REDACTED, message)
+    message = contract.VENDOR_API_KEY.sub(REDACTED, message)
     message = _NAMED_SECRET.sub(lambda m: m.group(1) + REDACTED, message)
     message = _BEARER.sub(lambda m: m.group(1) + " " + REDACTED, message)
     return _AWS_SECRET.sub(_looks_like_aws_secret, message)

@@ -237,6 +237,12 @@ class ResultSchema(StrictSchema):
                 data["ttft_available"] != (data["time_to_first_token"] is not None):
             raise ValidationError("Must be true exactly when time_to_first_token is not null.",
                                   "ttft_available")
+        modes = contract.PROVIDER_REQUEST_MODES.get(data.get("provider", ""), ())
+        if "request_mode" in data and modes and data["request_mode"] not in modes:
+            # A Bedrock row stamped as a chat-completions stream (or the reverse) would
+            # mislabel how every figure in it was measured.
+            raise ValidationError(f"Must be one of {', '.join(modes)} for provider "
+                                  f"{data['provider']}.", "request_mode")
         reached = data.get("time_to_64_visible_tokens_seconds")
         generate_time = data.get("generate_time")
         if reached is not None and generate_time is not None and reached > generate_time:

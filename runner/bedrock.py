@@ -11,12 +11,10 @@ timed on its own and counted, and only the final attempt's figures are reported.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,9 +25,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 import bench_contract as contract
 
 from .failures import CallDeadlineExceeded, Classification, classify
+from .measuring import AttemptFailed as _AttemptFailed
+from .measuring import Stream as _Stream
+from .measuring import backoff_delay, decode_speed, misc, since, summary, visible_tokens
 from .provider import CatalogEntry, SetupError
 from .records import Failure, Profile, Result
-from .visible_tokens import EncodingUnavailable, VisibleTokenClock, encoding
+from .visible_tokens import EncodingUnavailable, encoding
 
 log = logging.getLogger(__name__)
 
@@ -41,42 +42,10 @@ _CREDENTIAL_CODES = frozenset({
     "IncompleteSignatureException", "MissingAuthenticationTokenException",
     "InvalidClientTokenId", "SignatureDoesNotMatch",
 })
-_EARLIER_MESSAGE_CHARS = 300
 # A pooled connection idle longer than this may have been closed by the far end;
 # re-warm before the timer rather than reconnect inside it.
 IDLE_REWARM_SECONDS = 15.0
 WARM_ROUNDS = 3
-
-
-@dataclass
-class _Stream:
-    """What one attempt saw, in perf_counter seconds."""
-
-    sent: float
-    run_ts: datetime
-    request_id: str | None = None
-    first_text: float | None = None
-    first_any: float | None = None
-    last_delta: float | None = None
-    end: float | None = None
-    chunks: int = 0
-    reasoning_chunks: int = 0
-    stop_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    latency_ms: int | None = None
-    clock: VisibleTokenClock = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.clock = VisibleTokenClock(self.sent)
-
-
-@dataclass(frozen=True)
-class _AttemptFailed:
-    classification: Classification
-    stage: str
-    run_ts: datetime
-    request_id: str | None
-    called: bool = True  # False when it failed before any call was made
 
 
 class BedrockProvider:
@@ -276,7 +245,7 @@ class BedrockProvider:
                 return self._failure(model_id, profile, outcome, first_ts, calls, earlier)
             log.warning("bedrock %s attempt %d %s (%s); retrying in %.2f s", model_id, attempt,
                         c.kind, c.code or c.exc_type, delay)
-            earlier.append(_summary(outcome, attempt))
+            earlier.append(summary(outcome, attempt))
             self._sleep(delay)
 
     def _attempt(self, model_id: str, profile: Profile,
@@ -350,9 +319,9 @@ class BedrockProvider:
         else:
             output_tokens, token_source = seen.chunks, "stream_chunks"
         generate_time = seen.end - seen.sent
-        decode = _decode_speed(output_tokens, seen)
-        visible = _visible_tokens(output_tokens, token_source, seen)
-        ttft = _since(seen.first_text, seen.sent)
+        decode = decode_speed(output_tokens, seen)
+        visible = visible_tokens(output_tokens, token_source, seen)
+        ttft = since(seen.first_text, seen.sent)
         return Result(
             provider=PROVIDER,
             model_name=model_id,
@@ -368,7 +337,7 @@ class BedrockProvider:
             input_tokens=usage.get("inputTokens"),
             token_source=token_source,
             time_to_first_token=ttft,
-            time_to_first_any_token=_since(seen.first_any, seen.sent),
+            time_to_first_any_token=since(seen.first_any, seen.sent),
             decode_tokens_per_second=decode,
             server_latency_ms=seen.latency_ms,
             stop_reason=seen.stop_reason,
@@ -383,7 +352,7 @@ class BedrockProvider:
             visible_tokens_per_second=visible / generate_time,
             time_to_64_visible_tokens_seconds=seen.clock.time_to_mark,
             sample_role=profile.sample_role,
-            misc=_misc(earlier, reasoning_chunks=seen.reasoning_chunks),
+            misc=misc(earlier, reasoning_chunks=seen.reasoning_chunks),
         )
 
     def _failure(self, model_id: str, profile: Profile, failed: _AttemptFailed,
@@ -394,13 +363,12 @@ class BedrockProvider:
             error_kind=c.kind, message=c.message, region=self.region,
             benchmark_profile_id=profile.profile_id, exc_type=c.exc_type,
             provider_error_code=c.code, http_status=c.http_status,
-            request_id=failed.request_id, attempts=attempts, misc=_misc(earlier, hint=c.hint),
+            request_id=failed.request_id, attempts=attempts, misc=misc(earlier, hint=c.hint),
         )
 
     def _backoff_delay(self, attempt: int, kind: str) -> float:
         """Exponential backoff with jitter; throttling waits twice as long."""
-        base = self.backoff * (2 if kind == "throttled" else 1) * 2 ** (attempt - 1)
-        return base / 2 + random.uniform(0, base / 2)  # noqa: S311 - jitter, not security
+        return backoff_delay(self.backoff, attempt, kind)
 
     # Catalogue
 
@@ -466,59 +434,6 @@ def _record(seen: _Stream, event: dict[str, Any], now: float) -> None:
         seen.usage = metadata.get("usage")
         latency = (metadata.get("metrics") or {}).get("latencyMs")
         seen.latency_ms = int(latency) if isinstance(latency, int | float) else None
-
-
-def _decode_speed(output_tokens: int, seen: _Stream) -> float | None:
-    """Tokens per second after the first delta (metric_version 2).
-
-    The tokens that arrived with the first delta were not decoded inside the
-    first-to-last span, so they are left out of the numerator. Bedrock's deltas
-    often carry several tokens and say not how many, so the first delta is taken
-    to hold the stream's mean (output_tokens / chunk_count); with one token a
-    delta this is the familiar (output_tokens - 1) / span. Counting only one
-    token there would overstate the speed by (tokens_per_delta - 1) / output_tokens.
-    """
-    if seen.first_any is None or seen.last_delta is None or seen.chunks < 2:
-        return None
-    span = seen.last_delta - seen.first_any
-    first_delta_tokens = output_tokens / seen.chunks
-    if span <= 0 or output_tokens <= first_delta_tokens:
-        return None
-    return (output_tokens - first_delta_tokens) / span
-
-
-def _visible_tokens(output_tokens: int, from_usage: str, seen: _Stream) -> int:
-    """Tokens of the answer the user sees (docs/contract.md section 3).
-
-    Bedrock's usage counts every generated token, reasoning included, and does not
-    split them. With no reasoning deltas all of it was visible, so usage's exact count
-    stands; otherwise (or without usage) the visible text is counted with cl100k_base,
-    as the other writers count it.
-    """
-    if from_usage == contract.TOKEN_SOURCES[0] and not seen.clock.had_reasoning:
-        return output_tokens
-    return seen.clock.visible_tokens()
-
-
-def _since(t: float | None, start: float) -> float | None:
-    return None if t is None else t - start
-
-
-def _misc(earlier: list[dict[str, Any]], **notes: Any) -> dict[str, Any] | None:
-    """A record's misc: the notes that hold something, then the retried attempts; None if empty."""
-    misc = {name: value for name, value in notes.items() if value}
-    if earlier:
-        misc["earlier_attempts"] = earlier
-    return misc or None
-
-
-def _summary(failed: _AttemptFailed, attempt: int) -> dict[str, Any]:
-    """A retried attempt, kept in the final record so no attempt goes unrecorded."""
-    c = failed.classification
-    return {"attempt": attempt, "error_kind": c.kind, "stage": failed.stage,
-            "code": c.code or c.exc_type, "http_status": c.http_status,
-            "request_id": failed.request_id, "ts": failed.run_ts.isoformat(),
-            "message": c.message[:_EARLIER_MESSAGE_CHARS]}
 
 
 def _catalogue(models: list[dict[str, Any]],

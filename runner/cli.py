@@ -135,6 +135,20 @@ def _ingest_url_option(f: Any) -> Any:
         help="Full URL of the ingest API's POST /ingest; /batch and /error are derived.")(f)
 
 
+PROVIDER_TEXT = (
+    "openai, groq, together, fireworks, deepinfra and cerebras are OpenAI-compatible hosts "
+    "(key from OPENAI_API_KEY, GROQ_API_KEY, ...); openai-compatible is any other server "
+    f"(set {cfg.ENV_OPENAI_BASE_URL} and {cfg.ENV_OPENAI_PROVIDER_NAME}).")
+
+
+def _provider_option(help_text: str) -> Any:
+    from .provider import PROVIDER_CHOICES
+
+    return click.option("--provider", envvar=cfg.ENV_PROVIDER, show_envvar=True,
+                        type=click.Choice(PROVIDER_CHOICES), default=cfg.DEFAULT_PROVIDER,
+                        help=f"{help_text} {PROVIDER_TEXT}")
+
+
 def _profile_cost() -> str:
     from .records import CATALOGUE
 
@@ -152,11 +166,10 @@ def _with_measure_options(f: Any, profiles_default: str) -> Any:
         click.option("--models", envvar=cfg.ENV_MODELS, show_envvar=True, default=None,
                      show_default="none: required",
                      help="Comma-separated model ids to measure (inference-profile ids too)."),
-        click.option("--provider", envvar=cfg.ENV_PROVIDER, show_envvar=True,
-                     default=cfg.DEFAULT_PROVIDER, help="Model host to measure."),
+        _provider_option("Model host to measure."),
         click.option("--region", envvar=cfg.ENV_REGION, show_envvar=True, default=None,
                      show_default="boto3's default (AWS_DEFAULT_REGION or config)",
-                     help="AWS region to call."),
+                     help="AWS region to call (bedrock only)."),
         click.option("--concurrency", envvar=cfg.ENV_CONCURRENCY, show_envvar=True,
                      type=click.IntRange(1, 64), default=cfg.DEFAULT_CONCURRENCY,
                      help="Models measured at once (one client, a connection each)."),
@@ -210,12 +223,22 @@ def _redact_secrets(record: Any) -> bool:
 
     text = redact(record.getMessage())
     for name in (cfg.ENV_API_KEY, "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "AWS_ACCESS_KEY_ID"):
+                 "AWS_ACCESS_KEY_ID", *_vendor_key_variables()):
         value = os.environ.get(name, "").strip()
         if len(value) >= 8 and value in text:
             text = text.replace(value, "[redacted]")
     record.msg, record.args = text, None
     return True
+
+
+def _vendor_key_variables() -> tuple[str, ...]:
+    """The variables that may hold a model host's API key: every preset's, and the named one."""
+    import os
+
+    from .openai_endpoints import PRESETS
+
+    named = os.environ.get(cfg.ENV_OPENAI_API_KEY_ENV, "").strip()
+    return (*(p.key_env for p in PRESETS.values()), *([named] if named else []))
 
 
 def _settings(opts: dict[str, Any], *, need_models: bool, need_delivery: bool) -> cfg.Settings:
@@ -319,7 +342,7 @@ def _delivery_line(report: CycleReport) -> str:
 @click.group(context_settings=CONTEXT, epilog=EXIT_CODES_TEXT)
 @click.version_option(package_name="bench-ingest", prog_name="bench-runner")
 def main() -> None:
-    """Measure hosted LLMs (Amazon Bedrock) and deliver every result to the ingest API.
+    """Measure hosted LLMs (Bedrock, OpenAI-compatible APIs), deliver every result to the API.
 
     Every result and every failure is written to a durable outbox first, then sent
     to the ingest API; what cannot be delivered waits in the outbox for the next run.
@@ -481,11 +504,10 @@ def daemon(interval: float, log_level: str, **opts: Any) -> None:
 
 
 @main.command(name="models")
-@click.option("--provider", envvar=cfg.ENV_PROVIDER, show_envvar=True,
-              default=cfg.DEFAULT_PROVIDER, help="Model host to list.")
+@_provider_option("Model host to list.")
 @click.option("--region", envvar=cfg.ENV_REGION, show_envvar=True, default=None,
               show_default="boto3's default (AWS_DEFAULT_REGION or config)",
-              help="AWS region whose catalogue to list.")
+              help="AWS region whose catalogue to list (bedrock only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the catalogue as JSON.")
 def models_command(provider: str, region: str | None, as_json: bool) -> None:
     """List the models you can measure (text output, streaming) and inference profiles."""
@@ -626,7 +648,25 @@ def import_command(source: Any, state_dir: Path | None) -> None:
                                    "lines above); the others were")
 
 
+# What `simulate --provider` serves: each wire protocol's simulator, and what it speaks.
+SIMULATORS = {
+    "bedrock": "the Bedrock Runtime API (point boto3 at it with AWS_ENDPOINT_URL_*)",
+    "openai-compatible": "chat completions over SSE (point the runner at it with "
+                         f"{cfg.ENV_OPENAI_BASE_URL})",
+}
+
+
+def _announce(provider: str, url: str) -> str:
+    if provider == "openai-compatible":
+        return (f"export {cfg.ENV_OPENAI_BASE_URL}={url}/v1  # with --provider openai (or any "
+                f"preset) and its key variable set to any value")
+    return f"export AWS_ENDPOINT_URL_BEDROCK_RUNTIME={url} AWS_ENDPOINT_URL_BEDROCK={url}"
+
+
 @main.command()
+@click.option("--provider", type=click.Choice(tuple(SIMULATORS)), default="bedrock",
+              help="Wire protocol to serve: " + "; ".join(
+                  f"{name}: {text}" for name, text in SIMULATORS.items()) + ".")
 @click.option("--host", default="127.0.0.1", help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8599,
               help="Port to listen on (0: any free port).")
@@ -634,23 +674,26 @@ def import_command(source: Any, state_dir: Path | None) -> None:
                                                          path_type=Path),
               default=None, show_default="the embedded demo models",
               help="JSON file of per-model behaviour.")
-def simulate(host: str, port: int, config_path: Path | None) -> None:
-    """Serve a Bedrock-compatible endpoint locally (point boto3 at it with AWS_ENDPOINT_URL_*)."""
+def simulate(provider: str, host: str, port: int, config_path: Path | None) -> None:
+    """Serve a model host's API locally, with simulated models, for tests and demos."""
     _configure_logging("info")
-    from .simulator import SimulatorConfig, run
+    if provider == "openai-compatible":
+        from .openai_simulator import OpenAISimulatorConfig as Config
+        from .openai_simulator import run
+    else:
+        from .simulator import SimulatorConfig as Config  # type: ignore[assignment]
+        from .simulator import run  # type: ignore[assignment]
 
     if config_path is not None:
         try:
-            SimulatorConfig.from_file(config_path)
+            Config.from_file(config_path)
         except (OSError, ValueError, TypeError) as exc:
             raise click.ClickException(
                 f"cannot use the simulator config {config_path}: {exc}") from None
-    def announce(url: str) -> None:
-        click.echo(f"export AWS_ENDPOINT_URL_BEDROCK_RUNTIME={url} AWS_ENDPOINT_URL_BEDROCK={url}",
-                   err=True)
 
     try:
-        run(host, port, config_path, on_listening=announce)
+        run(host, port, config_path,
+            on_listening=lambda url: click.echo(_announce(provider, url), err=True))
     except OSError as exc:  # the bind: the address is taken or not ours
         raise click.ClickException(f"cannot listen on {host}:{port}: "
                                    f"{exc.strerror or exc}; pick another --port") from None

@@ -2,8 +2,11 @@
 
 The SDK's exception name and error code decide first, then the HTTP status, and
 only then the message text. No SDK import here: exceptions are recognised by the
-names in their class hierarchy, so the same rules hold for botocore's wrappers
-and for the raw urllib3 errors that escape while a stream is being read.
+names in their class hierarchy and by the attributes they carry, so the same
+rules hold for botocore's wrappers, the raw urllib3 and httpx errors that escape
+while a stream is being read, and the openai and anthropic clients' errors (a
+`status_code`, a JSON `body` whose error has a `code` or `type`, an httpx response
+whose headers hold the request id and `Retry-After`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Classification:
     http_status: int | None = None
     request_id: str | None = None
     hint: str | None = None
+    retry_after: float | None = None  # seconds the server asked for (Retry-After)
 
     @property
     def retryable(self) -> bool:
@@ -68,11 +72,32 @@ _CODE_KINDS = {
     "modelstreamerror": "transient",
     "modeltimeout": "timeout",
     "requesttimeout": "timeout",
+    # OpenAI-compatible error codes and types, and Anthropic's error types.
+    "rate_limit_exceeded": "throttled",
+    "rate_limit_error": "throttled",
+    "tokens": "throttled",
+    "requests": "throttled",
+    "invalid_api_key": "auth",
+    "authentication_error": "auth",
+    "permission_error": "auth",
+    "permission_denied": "auth",
+    "model_not_found": "model_unavailable",
+    "not_found_error": "model_unavailable",
+    "model_not_available": "model_unavailable",
+    "context_length_exceeded": "invalid_request",
+    "string_above_max_length": "invalid_request",
+    "invalid_request_error": "invalid_request",
+    "request_too_large": "invalid_request",
+    "server_error": "transient",
+    "api_error": "transient",
+    "overloaded_error": "transient",
+    "service_unavailable_error": "transient",
 }
 
 # Exception class names (anywhere in the hierarchy), most specific first by MRO order.
 _NAME_KINDS = {
     "CallDeadlineExceeded": "timeout",
+    "APITimeoutError": "timeout",
     "ReadTimeoutError": "timeout",
     "ConnectTimeoutError": "timeout",
     "ReadTimeout": "timeout",
@@ -96,6 +121,8 @@ _NAME_KINDS = {
     "ProtocolError": "transient",
     "HTTPClientError": "transient",
     "ConnectionError": "transient",
+    "APIConnectionError": "transient",
+    "IncompleteStream": "transient",
 }
 
 _REFINABLE_KINDS = frozenset({"invalid_request", "model_unavailable", "unknown"})
@@ -112,6 +139,10 @@ _SECRETS = (
     re.compile(r"(x-amz-security-token['\"]?\s*[:=,]\s*b?['\"])[^'\"]+", re.I),
     re.compile(r"(Credential=)[^/\s,'\"]+", re.I),
     re.compile(r"(Signature=)[0-9a-f]+", re.I),
+    # An Authorization header an HTTP client's debug line or error quotes, and the
+    # header Anthropic's older clients send the key in.
+    re.compile(r"(\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{8,}", re.I),
+    re.compile(r"(x-api-key['\"]?\s*[:=,]\s*b?['\"]?)[^'\"\s,}]+", re.I),
 )
 # Bedrock's words for a model id it does not know: the fix is to look the id up.
 _UNKNOWN_MODEL = re.compile(r"model identifier is invalid|model not found|"
@@ -129,9 +160,10 @@ def profile_hint(model_id: str | None) -> str:
 
 
 def redact(text: str) -> str:
-    """Remove session tokens, signatures and access key ids that an SDK message may echo."""
+    """Remove session tokens, signatures, access key ids and API keys an SDK message may echo."""
     for pattern in _SECRETS:
         text = pattern.sub(r"\1[redacted]", text)
+    text = contract.VENDOR_API_KEY.sub("[redacted]", text)
     return contract.AWS_KEY_ID.sub("[redacted]", text)
 
 
@@ -151,12 +183,25 @@ def describe(exc: BaseException) -> str:
 def classify(exc: BaseException, *, model_id: str | None = None) -> Classification:
     """Classify an exception raised by a call or while reading its stream."""
     names = [cls.__name__ for cls in type(exc).__mro__]
-    response: dict[str, Any] = getattr(exc, "response", None) or {}
-    error = response.get("Error") or {}
-    meta = response.get("ResponseMetadata") or {}
-    code = error.get("Code") or None
-    status = meta.get("HTTPStatusCode")
-    sdk_message = error.get("Message") or str(exc) or names[0]
+    response: Any = getattr(exc, "response", None)
+    if isinstance(response, dict) or response is None:
+        error = (response or {}).get("Error") or {}
+        meta = (response or {}).get("ResponseMetadata") or {}
+        code = error.get("Code") or None
+        status = meta.get("HTTPStatusCode")
+        request_id = meta.get("RequestId") or None
+        sdk_message = error.get("Message") or str(exc) or names[0]
+        retry_after = None
+    else:  # an HTTP client's response (openai, anthropic: httpx)
+        code, sdk_message = _vendor_code(exc), str(exc) or names[0]
+        status = getattr(exc, "status_code", None) or getattr(response, "status_code", None)
+        headers = getattr(response, "headers", None) or {}
+        request_id = (getattr(exc, "request_id", None) or headers.get("x-request-id")
+                      or headers.get("request-id") or None)
+        retry_after = _seconds(headers.get("retry-after"))
+    if response is None and not code:
+        # A mid-stream error: no response of its own, the error object in `body`.
+        code = _vendor_code(exc)
     message = redact(str(exc) or sdk_message)
 
     kind = _kind(names, code, status, sdk_message)
@@ -171,12 +216,42 @@ def classify(exc: BaseException, *, model_id: str | None = None) -> Classificati
         kind = "invalid_request"
         hint = profile_hint(model_id)
         message = f"{message} Hint: {hint}."
-    elif refinable and _UNKNOWN_MODEL.search(sdk_message):
+    elif refinable and (_UNKNOWN_MODEL.search(sdk_message) or code in _UNKNOWN_MODEL_CODES):
         hint = UNKNOWN_MODEL_HINT
         message = f"{message} Hint: {hint}."
-    return Classification(kind=kind, message=message, exc_type=names[0], code=code,
+    return Classification(kind=kind, message=message, exc_type=names[0],
+                          code=str(code)[:128] if code else None,
                           http_status=status if isinstance(status, int) else None,
-                          request_id=meta.get("RequestId") or None, hint=hint)
+                          request_id=str(request_id)[:128] if request_id else None, hint=hint,
+                          retry_after=retry_after)
+
+
+_UNKNOWN_MODEL_CODES = frozenset({"model_not_found", "not_found_error"})
+
+
+def _vendor_code(exc: BaseException) -> str | None:
+    """The error code an openai or anthropic error carries, else its error type."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and code:
+        return code
+    body = getattr(exc, "body", None)
+    if not isinstance(body, dict):
+        return None
+    inner = body.get("error") if isinstance(body.get("error"), dict) else body
+    for key in ("code", "type"):
+        value = inner.get(key)
+        if isinstance(value, str) and value and value != "error":
+            return value
+    return None
+
+
+def _seconds(value: Any) -> float | None:
+    """A Retry-After in seconds (the date form is not sent by these APIs); None if absent."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if 0 <= seconds < float("inf") else None
 
 
 def _kind(names: list[str], code: str | None, status: Any, message: str) -> str:

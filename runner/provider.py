@@ -1,18 +1,19 @@
 """The provider seam: what the runner needs from a model host, whichever it is.
 
-Delivery and the CLI speak only to `Provider`; each host (today only Bedrock)
-lives in its own module, imported when asked for so that `bench-runner --help`
-never pays for an SDK import.
+Delivery and the CLI speak only to `Provider`; each host (Bedrock, any
+OpenAI-compatible endpoint) lives in its own module, imported when asked for so
+that `bench-runner --help` never pays for an SDK import, and a runner needs only
+the SDKs of the providers it measures (the package's extras).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
-
-import bench_contract as contract
+from typing import Any, Protocol
 
 from .failures import redact
+from .openai_endpoints import GENERIC, PRESETS
 from .records import Failure, Profile, Result
 
 
@@ -64,12 +65,53 @@ class Provider(Protocol):
         """Release clients and connections."""
 
 
+# What `--provider` takes. Each name is built by a function below that imports its module
+# (and so its SDK) only when asked; the presets are OpenAI-compatible hosts by their
+# dashboard names (runner/openai_endpoints.py).
+OPENAI_COMPATIBLE = GENERIC
+OPENAI_PRESETS = tuple(PRESETS)
+PROVIDER_CHOICES = ("bedrock", OPENAI_COMPATIBLE, *OPENAI_PRESETS)
+# Which extra of the package each provider's client comes from.
+_EXTRAS = {OPENAI_COMPATIBLE: "openai", **{name: "openai" for name in OPENAI_PRESETS}}
+
+
 def get_provider(name: str, *, region: str | None, concurrency: int = 1,
-                 call_timeout: float = 120.0, retries: int = 2) -> Provider:
-    """The provider called `name`, configured but not yet warm; SetupError if unknown."""
+                 call_timeout: float = 120.0, retries: int = 2,
+                 environ: Mapping[str, str] | None = None) -> Provider:
+    """The provider called `name`, configured but not yet warm; SetupError if unknown.
+
+    `environ` (default os.environ) is where a provider configured by the environment,
+    such as an OpenAI-compatible endpoint and its key, reads its settings.
+    """
     if name == "bedrock":
         from .bedrock import BedrockProvider
 
         return BedrockProvider(region=region, concurrency=concurrency,
                                call_timeout=call_timeout, retries=retries)
-    raise SetupError(f"unknown provider {name!r}; known providers: {', '.join(contract.PROVIDERS)}")
+    if name == OPENAI_COMPATIBLE or name in OPENAI_PRESETS:
+        from .openai_endpoints import EndpointError, resolve
+
+        try:
+            endpoint = resolve(name, environ)
+        except EndpointError as exc:
+            raise SetupError(str(exc), kind="invalid_request") from None
+        module = _import_sdk_module(name, "openai_compat")
+        return module.OpenAICompatibleProvider(endpoint, concurrency=concurrency,
+                                               call_timeout=call_timeout, retries=retries)
+    raise SetupError(f"unknown provider {name!r}; known providers: {', '.join(PROVIDER_CHOICES)}")
+
+
+def _import_sdk_module(name: str, module: str) -> Any:
+    """runner.<module>, or a SetupError naming the extra to install when its SDK is missing."""
+    from importlib import import_module
+
+    try:
+        return import_module(f".{module}", __package__)
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get(name, name)
+        if exc.name and exc.name.split(".")[0] == extra:
+            raise SetupError(
+                f"--provider {name} needs the {extra} package: pip install "
+                f"'bench-ingest[runner,{extra}]'", kind="invalid_request",
+                exc_type="ModuleNotFoundError") from None
+        raise

@@ -82,7 +82,7 @@ class Result:
     chunk_count: int | None = None
     reasoning_tokens: int | None = None
     metrics_schema_version: int = contract.METRICS_SCHEMA_VERSION
-    request_mode: str = contract.REQUEST_MODES[0]
+    request_mode: str = contract.BEDROCK_MODE  # each provider sets its own
     ttft_available: bool | None = None
     generated_output_tokens: int | None = None
     visible_output_tokens: int | None = None

@@ -29,6 +29,11 @@ ENV_CONCURRENCY = "BENCH_RUNNER_CONCURRENCY"
 ENV_MAX_PENDING = "BENCH_RUNNER_MAX_PENDING"
 ENV_LOG_LEVEL = "BENCH_RUNNER_LOG_LEVEL"
 ENV_ALLOW_HTTP = "BENCH_RUNNER_ALLOW_HTTP"
+# An OpenAI-compatible endpoint (runner/openai_endpoints.py): its base URL, the name of the
+# variable that holds its key (never the key), and the name stored as `provider`.
+ENV_OPENAI_BASE_URL = "OPENAI_COMPATIBLE_BASE_URL"
+ENV_OPENAI_API_KEY_ENV = "OPENAI_COMPATIBLE_API_KEY_ENV"
+ENV_OPENAI_PROVIDER_NAME = "OPENAI_COMPATIBLE_PROVIDER_NAME"
 # systemd sets this for a unit with StateDirectory=.
 ENV_SYSTEMD_STATE = "STATE_DIRECTORY"
 

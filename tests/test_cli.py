@@ -87,10 +87,12 @@ def test_top_level_help_lists_commands_and_exit_codes():
     assert "check INGEST_API_KEY" in result.output
 
 
-def test_help_does_not_import_boto3_or_requests():
+@pytest.mark.parametrize("command", [[], ["once"], ["simulate"], ["models"]])
+def test_help_does_not_import_an_sdk_or_requests(command):
     code = ("import sys; from runner.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('boto3', 'botocore', 'requests') if m in sys.modules))")
+            f"try:\n    main({command!r} + ['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('boto3', 'botocore', 'requests', 'openai', 'anthropic', "
+            "'httpx', 'httpx2', 'pydantic') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO, timeout=30, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
@@ -317,6 +319,54 @@ def test_simulate_serves_until_sigterm(tmp_path):
             proc.communicate()
     assert proc.returncode == 0
     assert f"AWS_ENDPOINT_URL_BEDROCK_RUNTIME=http://127.0.0.1:{port}" in err
+
+
+def test_simulate_serves_the_openai_compatible_protocol_the_runner_measures(
+        env, scripted_ingest, tmp_path):
+    proc = subprocess.Popen([BENCH_RUNNER, "simulate", "--provider", "openai-compatible",
+                             "--port", "0"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    killer = threading.Timer(30, proc.kill)
+    killer.start()
+    try:
+        line = proc.stderr.readline()
+        while "export OPENAI_COMPATIBLE_BASE_URL" not in line and line:
+            line = proc.stderr.readline()
+        match = re.search(r"OPENAI_COMPATIBLE_BASE_URL=(http://127\.0\.0\.1:\d+/v1)", line)
+        assert match, line
+        done = run_cli(["once", "--provider", "groq", "--json"],
+                       {**env, "BENCHMARK_MODELS": "sim-chat-fast,sim-chat-retired",
+                        "OPENAI_COMPATIBLE_BASE_URL": match.group(1),
+                        "GROQ_API_KEY": "gsk_" + "demo" * 6})
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    finally:
+        killer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert done.returncode == int(ExitCode.MODEL_FAILED), done.stderr
+    report = json.loads(done.stdout)
+    assert [(r["provider"], r["model_name"]) for r in report["results"]] == [
+        ("groq", "sim-chat-fast")]
+    assert [(f["provider"], f["error_kind"]) for f in report["failures"]] == [
+        ("groq", "model_unavailable")]
+    assert report["delivery"]["delivered"] == 2
+    assert "gsk_demo" not in done.stdout + done.stderr
+
+
+def test_an_unknown_provider_is_exit_2_naming_the_choices(env):
+    result = run_cli(["once", "--provider", "azure"], env)
+    assert result.returncode == 2
+    assert "openai-compatible" in result.stderr and "groq" in result.stderr
+
+
+def test_a_preset_without_its_key_is_one_line_and_exit_2(env, tmp_path):
+    result = run_cli(["once", "--provider", "cerebras"], {**env, "CEREBRAS_API_KEY": ""})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "Error: CEREBRAS_API_KEY is not set: it holds the cerebras API key (the environment "
+        "only, never an option)"]
 
 
 def test_simulate_on_port_0_tells_the_port_the_kernel_picked():

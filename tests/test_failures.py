@@ -129,6 +129,20 @@ def test_secrets_echoed_in_a_message_are_redacted():
     assert redact("plain message") == "plain message"
 
 
+@pytest.mark.parametrize("key", [
+    "sk-proj-" + "Ab3" * 12, "sk-ant-api03-" + "x9Y" * 10, "gsk_" + "Q7w" * 12,
+    "fw_" + "3Jk" * 8, "csk-" + "p0o" * 10,
+])
+def test_vendor_api_keys_and_bearer_headers_are_redacted(key):
+    text = (f"Incorrect API key provided: {key}. headers={{'Authorization': 'Bearer {key}', "
+            f"'x-api-key': '{key}'}}")
+    cleaned = redact(text)
+    assert key not in cleaned
+    assert key[:12] not in cleaned
+    assert redact("Bearer tokens are explained in the docs") == (
+        "Bearer tokens are explained in the docs")
+
+
 @pytest.mark.parametrize(("code", "status", "message", "kind"), [
     ("ThrottlingException", 429,
      "Too many requests: capacity that is no longer available was reclaimed.", "throttled"),

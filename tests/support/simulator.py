@@ -98,3 +98,57 @@ def bedrock_sim(monkeypatch, tmp_path_factory):
     yield start
     for handle in handles:
         handle.stop()
+
+
+def start_sse_simulator(module: str, config: Any, config_dir: Path) -> SimulatorHandle:
+    """Start an SSE simulator (`python -m <module> PORT CONFIG`) and wait until it listens."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    path = config_dir / f"simulator-{port}.json"
+    path.write_text(json.dumps(config.to_dict()), encoding="utf-8")
+    log_path = config_dir / f"simulator-{port}.log"
+    log = open(log_path, "ab")  # noqa: SIM115 - owned by the process
+    proc = subprocess.Popen([sys.executable, "-m", module, str(port), str(path)],
+                            stdout=log, stderr=subprocess.STDOUT,
+                            cwd=Path(__file__).resolve().parents[2])
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    handle = SimulatorHandle(url=url, env={}, config=config, log_path=log_path, proc=proc)
+    try:
+        wait_for_port("127.0.0.1", port)
+    except TimeoutError:
+        handle.stop()
+        raise
+    return handle
+
+
+OPENAI_TEST_KEY = "sk-test-" + "k3y" * 8  # shaped like a real key, so redaction is tested
+
+
+@pytest.fixture
+def openai_sim(monkeypatch, tmp_path_factory):
+    """Factory: `openai_sim(config=None)` starts the OpenAI-compatible simulator and points
+    the openai preset at it (OPENAI_COMPATIBLE_BASE_URL, and OPENAI_API_KEY set)."""
+    from runner.openai_simulator import OpenAISimulatorConfig
+
+    handles: list[SimulatorHandle] = []
+
+    def start(config: Any = None) -> SimulatorHandle:
+        if config is None:
+            config = OpenAISimulatorConfig.default()
+        elif isinstance(config, dict):
+            config = OpenAISimulatorConfig.from_dict(config)
+        handle = start_sse_simulator("runner.openai_simulator", config,
+                                     tmp_path_factory.mktemp("openai-sim"))
+        handles.append(handle)
+        handle.env = {"OPENAI_COMPATIBLE_BASE_URL": f"{handle.url}/v1",
+                      "OPENAI_API_KEY": OPENAI_TEST_KEY}
+        for name in ("OPENAI_COMPATIBLE_API_KEY_ENV", "OPENAI_COMPATIBLE_PROVIDER_NAME"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in handle.env.items():
+            monkeypatch.setenv(name, value)
+        return handle
+
+    yield start
+    for handle in handles:
+        handle.stop()
