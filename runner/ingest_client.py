@@ -7,10 +7,13 @@ every payload carries its own id: a resend is stored once (200 duplicate).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import re
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -18,6 +21,8 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError, InvalidHeader, MaxRetryError
 from urllib3.util.retry import Retry
 
@@ -135,6 +140,86 @@ class Answer:
         return None
 
 
+class _Call:
+    """The sockets of one POST in flight, so that its deadline ends it whatever it waits on.
+
+    A read timeout bounds each wait for a byte, not the whole answer: a server that
+    drips its status line and headers a byte at a time would hold a call for as
+    long as it likes. At the deadline the call's sockets are shut down, which ends
+    any read blocked on them at once.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        self.expired = False
+
+    def track(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self.lock:
+            self.sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def expire(self) -> None:
+        with self.lock:
+            self.expired = True
+            for sock in self.sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+_calls = threading.local()
+
+
+class _Tracked:
+    """Hands the socket of a sent request to the call in flight on this thread."""
+
+    sock: socket.socket | None
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)  # type: ignore[misc]  # connected and sent
+        call = getattr(_calls, "current", None)
+        if call is not None:
+            call.track(self.sock)
+
+
+class _TrackedHTTPConnection(_Tracked, HTTPConnection):
+    pass
+
+
+class _TrackedHTTPSConnection(_Tracked, HTTPSConnection):
+    pass
+
+
+class _TrackedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _TrackedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """An HTTPAdapter whose connections a call's deadline can end (`_Call`)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        # On this manager only: the module-level mapping is shared by every PoolManager.
+        self.poolmanager.pool_classes_by_scheme = {"http": _TrackedHTTPPool,
+                                                   "https": _TrackedHTTPSPool}
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
+        return manager
+
+
 class IngestClient:
     """Posts results and failures to the ingest API."""
 
@@ -156,7 +241,7 @@ class IngestClient:
             raise_on_status=False,
         )
         retry.max_inline_retry_after = settings.max_inline_retry_after
-        adapter = HTTPAdapter(max_retries=retry)
+        adapter = _DeadlineAdapter(max_retries=retry)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update({
@@ -168,6 +253,18 @@ class IngestClient:
     def post(self, url: str, payload: Any) -> Answer:
         """POST one JSON body; never raises for the network or the answer."""
         body = encode_body(payload)
+        call = _Call()
+        _calls.current = call
+        watchdog = threading.Timer(self.settings.http_deadline, call.expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            return self._post(url, body)
+        finally:
+            watchdog.cancel()
+            _calls.current = None
+
+    def _post(self, url: str, body: bytes) -> Answer:
         deadline = time.monotonic() + self.settings.http_deadline
         connect, read = self.settings.http_timeout
         try:
@@ -177,6 +274,9 @@ class IngestClient:
                                          timeout=(connect, min(read,
                                                                self.settings.http_deadline)))
         except requests.RequestException as exc:
+            if time.monotonic() >= deadline:
+                log.warning("ingest answer past the deadline url=%s", url)
+                return Answer(status=None, error=self._past_deadline())
             log.warning("ingest unreachable url=%s error=%s", url, type(exc).__name__)
             return Answer(status=None, error=f"{type(exc).__name__}: {_first_line(exc)}")
         try:
@@ -187,8 +287,7 @@ class IngestClient:
         if problem == "deadline":
             # Part of an answer is no answer: whether it was stored is unknown, so the
             # record waits and is resent (a duplicate is answered 200).
-            answer = Answer(status=None, error=f"the answer took longer than the "
-                                               f"{self.settings.http_deadline:g} s deadline")
+            answer = Answer(status=None, error=self._past_deadline())
         elif problem:
             answer = Answer(status=response.status_code, retry_after=retry_after,
                             error=problem)
@@ -201,6 +300,9 @@ class IngestClient:
             answer = Answer(status=response.status_code, body=parsed, retry_after=retry_after)
         log.info("ingest answer url=%s status=%s bytes=%d", url, answer.status, len(body))
         return answer
+
+    def _past_deadline(self) -> str:
+        return f"the answer took longer than the {self.settings.http_deadline:g} s deadline"
 
     def post_result(self, payload: dict[str, Any]) -> Answer:
         """POST one result to /ingest."""

@@ -269,6 +269,25 @@ def test_a_huge_answer_is_not_read_whole(outbox, client, scripted_ingest):
     assert scripted_ingest.bytes_sent < 64 << 20
 
 
+def test_trickled_headers_are_cut_off_at_the_call_deadline(make_settings, scripted_ingest):
+    # Each byte within the read timeout, so only a deadline on the whole call ends it.
+    settings = make_settings(ingest_url=scripted_ingest.ingest_url, http_deadline=2.0,
+                             http_timeout=(2.0, 10.0))
+    box = Outbox.from_settings(settings)
+    box.put(make_result())
+    padding = {"X-Padding": "p" * 400}  # over a minute of headers at one byte each 0.15 s
+    scripted_ingest.script("/ingest/batch", Scripted(200, body={"results": [
+        {"status": "created"}]}, headers=padding, drip_head=0.15))
+    with IngestClient(settings) as c:
+        report = box.drain(c)
+    assert report.retry_later == 1
+    (name,) = names(box.pending)
+    assert "deadline" in record_doc(box, name)["last_error"]
+    # The client hung up at its 2 s deadline: some 13 bytes of the head, a few more in flight.
+    time.sleep(1.0)
+    assert scripted_ingest.bytes_sent < 60
+
+
 def test_a_trickled_answer_is_cut_off_at_the_call_deadline(make_settings, scripted_ingest):
     settings = make_settings(ingest_url=scripted_ingest.ingest_url, http_deadline=2.0,
                              http_timeout=(2.0, 10.0))

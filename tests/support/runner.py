@@ -56,6 +56,9 @@ class Scripted:
     content_type: str = "application/json"
     size: int | None = None
     drip: float = 0.0
+    # Each byte of the whole answer, status line and headers included, after this many
+    # seconds (a server that trickles its headers, which a read timeout alone never ends).
+    drip_head: float = 0.0
 
 
 class ScriptedIngest:
@@ -63,7 +66,9 @@ class ScriptedIngest:
 
     def __init__(self) -> None:
         self.requests: list[Received] = []
-        self.bytes_sent = 0  # body bytes of streamed (`size`) answers that left the server
+        # Body bytes of streamed (`size`) answers, and bytes of dripped (`drip_head`) ones,
+        # that left the server.
+        self.bytes_sent = 0
         self.stored: dict[str, Any] = {}
         self._script: dict[str, list[Scripted]] = {}
         self._lock = threading.Lock()
@@ -155,6 +160,9 @@ class ScriptedIngest:
                     data = answer.raw
                 else:
                     data = json.dumps(answer.body).encode() if answer.body is not None else b""
+                if answer.drip_head:
+                    self._drip_whole(answer, data)
+                    return
                 self.send_response(answer.status)
                 self.send_header("Content-Type", answer.content_type)
                 self.send_header("Content-Length", str(answer.size or len(data)))
@@ -173,6 +181,22 @@ class ScriptedIngest:
                         self.wfile.write(data)
                 except OSError:  # the client hung up on a hostile answer, as it should
                     self.close_connection = True
+
+            def _drip_whole(self, answer: Scripted, data: bytes) -> None:
+                head = (f"HTTP/1.1 {answer.status} OK\r\nContent-Type: {answer.content_type}\r\n"
+                        f"Content-Length: {len(data)}\r\n"
+                        + "".join(f"{k}: {v}\r\n" for k, v in answer.headers.items())
+                        + "\r\n").encode()
+                self.close_connection = True
+                try:
+                    for byte in (head + data):
+                        time.sleep(answer.drip_head)
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        with outer._lock:
+                            outer.bytes_sent += 1
+                except OSError:  # the client hung up, as it should at its deadline
+                    pass
 
             def _stream(self, size: int) -> None:
                 chunk = b"x" * (1 << 20)
