@@ -150,10 +150,11 @@ class Updater:
     A model is taken off the dirty set before its recount starts, so a write
     stored during a recount marks it again and gets a recount that starts after
     it: once writes stop, the last recount of every model read everything
-    stored. Passes start at most every PASS_SECONDS: the first write after a
-    quiet spell is recounted at once, and a stream of writes costs at most two
-    recounts of each of its models a second, whatever its rate, and at most a
-    fifth of the time (a pass rests 4 times as long as it took). A recount that
+    stored. Passes start at most every INGEST_HEALTH_PASS_SECONDS (0.5 s by
+    default): the first write after a quiet spell is recounted at once, and a
+    stream of writes costs at most one recount of each of its models a pass,
+    whatever its rate, and at most a fifth of the time (a pass rests 4 times as
+    long as it took). A recount that
     fails (the database went away) puts its models back and is tried again
     after RETRY_SECONDS, so an outage delays health and loses none of it. The
     thread ends after IDLE_SECONDS with nothing to do and starts again on the
@@ -164,7 +165,6 @@ class Updater:
     """
 
     RETRY_SECONDS = 1.0
-    PASS_SECONDS = 0.5
     REST_FACTOR = 4  # after a pass, rest at least 4 times as long as it took
     IDLE_SECONDS = 30.0
     registry: dict[tuple[int, int], Updater] = {}
@@ -177,6 +177,8 @@ class Updater:
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
         self.stopping = False
+        with app.app_context():
+            self.pass_seconds = settings.current().health_pass_seconds
 
     @classmethod
     def of(cls, app: Flask) -> Updater:
@@ -211,7 +213,7 @@ class Updater:
                     self.thread = None
                     self.cond.notify_all()
                     return
-                # Under a stream of writes, one pass every PASS_SECONDS takes all they marked.
+                # Under a stream of writes, one pass every pass_seconds takes all they marked.
                 self.cond.wait_for(lambda: self.stopping,
                                    max(0.0, next_pass - time.monotonic()))
                 keys, self.dirty, self.busy = self.dirty, set(), True
@@ -219,7 +221,7 @@ class Updater:
             failed = self._recount(keys)
             took = time.monotonic() - started
             # A slow database (a long 24 h window to count) gets passes spread out further.
-            next_pass = started + max(self.PASS_SECONDS, took * (1 + self.REST_FACTOR))
+            next_pass = started + max(self.pass_seconds, took * (1 + self.REST_FACTOR))
             with self.cond:
                 self.dirty.update(failed)
                 self.busy = False

@@ -48,6 +48,9 @@ class Settings:
     model_gate: bool = False
     # How often each model is expected to be measured: freshness_status is judged against it.
     cadence_seconds: int = 3600
+    # Model health is recounted after the write is answered, at most once this often a
+    # worker while writes stream in (ingest_app/health.py).
+    health_pass_seconds: float = 0.5
     api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     read_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     public_read: bool = False
@@ -116,6 +119,8 @@ class Settings:
         model_gate = _parse_bool(env, "INGEST_MODEL_GATE", problems)
         cadence = _parse_number(env, "INGEST_CADENCE_SECONDS", int, cls.cadence_seconds,
                                 60, 7 * 86400, problems)
+        health_pass = _parse_number(env, "INGEST_HEALTH_PASS_SECONDS", float,
+                                    cls.health_pass_seconds, 0.05, 3600, problems)
         max_body = _parse_number(env, "INGEST_MAX_BODY_BYTES", int, contract.MAX_BODY_BYTES,
                                  1024, 64 * 1024 * 1024, problems)
         db_timeout = _parse_number(env, "MONGODB_TIMEOUT_SECONDS", float, cls.db_timeout_seconds,
@@ -147,6 +152,7 @@ class Settings:
             health_collection=names["MONGODB_HEALTH_COLLECTION"],
             model_gate=model_gate,
             cadence_seconds=cadence,
+            health_pass_seconds=health_pass,
             api_keys=api_keys,
             read_keys=read_keys,
             public_read=public_read,

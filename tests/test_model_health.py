@@ -291,3 +291,26 @@ def test_a_write_is_answered_while_its_models_recount_is_still_running(client, a
     assert mongo_db[HEALTH].find_one({"model_id": MODEL}) is None
     release.set()
     assert state(mongo_db)["successes_24h"] == 1
+
+
+def test_a_worker_stopped_cleanly_recounts_what_its_writes_marked(mongo_uri, mongo_db_name,
+                                                                  mongo_db):
+    import time
+
+    listed(mongo_db)
+    now = datetime.now(UTC)
+    first, second = (result_payload(run_ts=iso(now - timedelta(minutes=m))) for m in (20, 10))
+    # Passes 30 s apart: the second write's recount is still waiting when the worker stops.
+    env = gunicorn_env(mongo_uri, mongo_db_name, INGEST_HEALTH_PASS_SECONDS="30")
+    with start_gunicorn(env, workers=1) as server:
+        assert _post(server.url, "/ingest", first) == 201
+        give_up = time.monotonic() + 20
+        while (mongo_db[HEALTH].find_one({"model_id": MODEL}) is None
+               and time.monotonic() < give_up):
+            time.sleep(0.05)
+        assert state(mongo_db)["last_success_at"] == ms(datetime.fromisoformat(first["run_ts"]))
+        assert _post(server.url, "/ingest", second) == 201
+    # gunicorn stopped (SIGTERM): the worker ran the marked recount on its way out.
+    doc = state(mongo_db)
+    assert doc["last_success_at"] == ms(datetime.fromisoformat(second["run_ts"]))
+    assert doc["successes_24h"] == 2
