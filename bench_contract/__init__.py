@@ -68,6 +68,14 @@ PROFILES = {
 }
 
 MAX_BATCH_ITEMS = 500
+
+# The runner's worklist (GET /runner-config) and its catalogue post (POST /ingest/catalog),
+# docs/contract.md section 7: the answer's shape version, and the most catalogue entries a
+# post may hold (Bedrock lists a few hundred models and inference profiles).
+RUNNER_CONFIG_SCHEMA_VERSION = 1
+CATALOG_KINDS = ("foundation", "inference-profile")
+MAX_CATALOG_MODELS = 5000
+
 MAX_BODY_BYTES = 1024 * 1024
 MAX_MISC_BYTES = 16 * 1024
 MAX_MESSAGE_CHARS = 4000

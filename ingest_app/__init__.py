@@ -9,7 +9,7 @@ from .settings import EXTENSION, Settings
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app; with no settings, read them from the environment (and fail loudly)."""
-    from . import admin, api, auth, db, errors, limiter, metrics, read
+    from . import admin, api, auth, db, errors, limiter, metrics, read, steer
 
     app = Flask(__name__)
     app.extensions[EXTENSION] = settings if settings is not None else Settings.from_env()
@@ -21,6 +21,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # After errors.init_app: a refusal must already carry the request id.
     auth.init_app(app)
     api.init_app(app)
+    steer.init_app(app)
     metrics.init_app(app)
     read.init_app(app)
     admin.init_app(app)

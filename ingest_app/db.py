@@ -117,6 +117,8 @@ class _Handle:
         self._guards: _Guards | None = None
         # The pid that last made the health and models indexes (best effort, once a process).
         self.health_indexes_pid = 0
+        # Likewise for the catalogue's indexes (discovery.py).
+        self.catalog_indexes_pid = 0
 
     def guards(self) -> _Guards:
         # Per process, like the client: a forked worker starts closed, with its own locks.
@@ -411,17 +413,19 @@ def init_app(app: Flask) -> None:
     def ensure_indexes_command() -> None:
         """Create the results and errors indexes now (they are also made on first write)."""
         cfg = settings.current()
-        from . import health
+        from . import discovery, health
 
         try:
             ensure_indexes(get_db(), cfg)
         except IndexMismatch as exc:
             raise click.ClickException(str(exc)) from exc
-        problem = health.ensure_indexes(get_db(), cfg)
+        problem = health.ensure_indexes(get_db(), cfg) or discovery.ensure_indexes(get_db(), cfg)
         if problem:
             raise click.ClickException(problem)
         click.echo(f"indexes present on {cfg.mongodb_db}.{cfg.results_collection}, "
                    f"{cfg.mongodb_db}.{cfg.probe_collection}, "
                    f"{cfg.mongodb_db}.{cfg.errors_collection}, "
-                   f"{cfg.mongodb_db}.{cfg.models_collection} "
-                   f"and {cfg.mongodb_db}.{cfg.health_collection}")
+                   f"{cfg.mongodb_db}.{cfg.models_collection}, "
+                   f"{cfg.mongodb_db}.{cfg.health_collection}, "
+                   f"{cfg.mongodb_db}.{cfg.catalog_collection} "
+                   f"and {cfg.mongodb_db}.{cfg.discovery_collection}")

@@ -117,6 +117,9 @@ def document() -> dict[str, Any]:
         ("ResultsPage", schemas.ResultsPageSchema),
         ("ModelSummary", schemas.ModelSummarySchema),
         ("Summary", schemas.SummarySchema),
+        ("RunnerConfig", schemas.RunnerConfigSchema),
+        ("Catalog", schemas.CatalogSchema),
+        ("CatalogAnswer", schemas.CatalogAnswerSchema),
     ):
         spec.components.schema(name, schema=schema)
 
@@ -131,6 +134,39 @@ def document() -> dict[str, Any]:
     batch["responses"]["200"] = _json(
         "BatchAnswer", "one status per item, in order: created, duplicate, conflict, rejected")
     spec.path("/ingest/batch", operations={"post": batch})
+
+    catalog = _write_operation("Store one listing of the provider's models and inference "
+                               "profiles", "Catalog", "CatalogAnswer", "model_id")
+    for code in ("200", "409"):
+        catalog["responses"].pop(code)
+    catalog["responses"]["201"] = _json(
+        "CatalogAnswer", "stored: each entry upserted into provider_catalog, one "
+                         "bench_discovery_runs record appended")
+    spec.path("/ingest/catalog", operations={"post": catalog})
+    config = _write_operation("The calling runner's worklist", "RunnerConfig", "RunnerConfig",
+                              "model_id")
+    del config["requestBody"]
+    config["description"] = (
+        "The models the calling runner (the name of its write key) measures for the provider, "
+        "and how. Sent with an ETag; If-None-Match with that ETag is answered 304.")
+    config["parameters"] = [
+        {"in": "query", "schema": schemas.RunnerConfigQuerySchema},
+        {"in": "header", "name": "If-None-Match", "required": False,
+         "schema": {"type": "string"},
+         "description": "the ETag of the answer the runner holds"},
+    ]
+    etag = {"ETag": {"description": "a hash of the answer without generated_at",
+                     "schema": {"type": "string"}}}
+    config["responses"] = {
+        "200": {**_json("RunnerConfig", "the worklist"), "headers": etag},
+        "304": {"description": "unchanged since the ETag sent in If-None-Match", "headers": etag},
+        **_errors(("401", "422", "429", "503", "500"),
+                  **{"401": "key missing, wrong, read-only, or in the query string",
+                     "422": "an unknown provider or another query parameter"}),
+    }
+    for code in ("429", "503"):
+        config["responses"][code]["headers"] = _retry_after()
+    spec.path("/runner-config", operations={"get": config})
 
     spec.path("/health", operations={"get": {
         "summary": "The process is up (no database call)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +12,7 @@ from flask import Blueprint, Flask, Response, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 from marshmallow import EXCLUDE, Schema, ValidationError
 
-from . import auth, credentials, db, metrics, settings
+from . import auth, credentials, db, metrics, runners, settings
 from .errors import ApiError, invalid
 from .history import CursorError, Position, list_results, rfc3339, to_json
 from .limits import DEFAULT_WINDOW
@@ -101,7 +101,7 @@ def _summary(*, strict: bool) -> Summary:
     if problems:
         raise _invalid(problems)
     with db.bounded(read=True):
-        return summarize(db.results(), db.failures(), window)
+        return replace(summarize(db.results(), db.failures(), window), runners=runners.seen())
 
 
 def _model_json(row: ModelSummary) -> dict[str, Any]:
@@ -131,6 +131,7 @@ def summary() -> ResponseReturnValue:
         "since": result.since,
         "until": result.until,
         "models": [_model_json(row) for row in result.models],
+        "runners": [asdict(seen) for seen in result.runners],
     }))
 
 

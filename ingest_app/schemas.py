@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from marshmallow import (
+    EXCLUDE,
     INCLUDE,
     RAISE,
     Schema,
@@ -483,13 +484,131 @@ class ModelSummarySchema(Schema):
     tokens_per_second = fields.Nested(SpreadSchema)
 
 
+class RunnerSeenSchema(Schema):
+    """When one runner (its key's name) last fetched its worklist and posted its catalogue."""
+
+    runner = fields.String()
+    last_config_at = RFC3339(allow_none=True, metadata={
+        "description": "its last GET /runner-config (a 304 counts); null: never"})
+    last_config_provider = fields.String(allow_none=True)
+    last_catalog_at = RFC3339(allow_none=True, metadata={
+        "description": "its last stored POST /ingest/catalog; null: never"})
+    last_catalog_provider = fields.String(allow_none=True)
+
+
 class SummarySchema(Schema):
-    """GET /summary: one row per provider and model over the window."""
+    """GET /summary: one row per provider and model over the window, and the runners seen."""
 
     window = fields.String()
     since = RFC3339()
     until = RFC3339()
     models = fields.List(fields.Nested(ModelSummarySchema))
+    runners = fields.List(fields.Nested(RunnerSeenSchema), metadata={
+        "description": "every runner that ever fetched a worklist or posted a catalogue"})
+
+
+class RunnerConfigQuerySchema(QuerySchema):
+    """The query parameters of GET /runner-config; the route loads them with this schema."""
+
+    provider = fields.String(load_default="bedrock", validate=validate.OneOf(contract.PROVIDERS),
+                             metadata={"description": "whose models to list"})
+
+
+class ModelMetadataSchema(Schema):
+    """One model's request settings (the `request` subdocument of its `models` entry).
+
+    Keys besides these four are passed on as stored (an older runner ignores them).
+    """
+
+    class Meta:
+        unknown = INCLUDE
+
+    omit_temperature = fields.Boolean(metadata={
+        "description": "true: send no temperature (the result's temperature is null)"})
+    additional_model_request_fields = fields.Dict(allow_none=True, metadata={
+        "description": "sent to ConverseStream as additionalModelRequestFields, unchanged"})
+    region = fields.String(allow_none=True, metadata={
+        "description": "the region to call the model in; null: the runner's own"})
+    profiles = fields.List(fields.String(), allow_none=True, metadata={
+        "description": "the profiles to measure it with; null: every profile of the run"})
+
+
+class OpenNested(fields.Nested):
+    """A nested object dumped with its declared fields and every other key it holds."""
+
+    def _serialize(self, nested_obj: Any, attr: Any, obj: Any, **kwargs: Any) -> Any:
+        dumped = super()._serialize(nested_obj, attr, obj, **kwargs)
+        if isinstance(nested_obj, dict) and isinstance(dumped, dict):
+            dumped.update({k: v for k, v in nested_obj.items() if k not in dumped})
+        return dumped
+
+
+class RunnerConfigSchema(Schema):
+    """GET /runner-config: what the calling runner measures, and how."""
+
+    schema_version = fields.Integer(validate=validate.Equal(contract.RUNNER_CONFIG_SCHEMA_VERSION))
+    provider = fields.String()
+    runner = fields.String(metadata={"description": "the name of the key that asked"})
+    interval_minutes = fields.Integer(validate=validate.Range(min=1), metadata={
+        "description": "minutes between the daemon's cycles (INGEST_RUNNER_INTERVAL_MINUTES)"})
+    models = fields.List(fields.String(), metadata={
+        "description": "model ids, sorted: enabled, not deprecated, for this provider and "
+                       "this runner"})
+    model_metadata = fields.Dict(keys=fields.String(), values=OpenNested(ModelMetadataSchema),
+                                 metadata={"description": "per model id in `models`"})
+    generated_at = RFC3339()
+
+
+class CatalogModelSchema(Schema):
+    """One model or inference profile as the provider lists it; other keys are ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    model_id = _text(256, required=True)
+    name = _text(256, allow_none=True, load_default=None)
+    provider_name = _text(256, allow_none=True, load_default=None)
+    kind = StrictString(required=True, validate=validate.OneOf(contract.CATALOG_KINDS))
+    input_modalities = fields.List(_text(64), load_default=list,
+                                   validate=validate.Length(max=32))
+    output_modalities = fields.List(_text(64), load_default=list,
+                                    validate=validate.Length(max=32))
+    inference_types = fields.List(_text(64), load_default=list,
+                                  validate=validate.Length(max=32))
+    lifecycle_status = _text(64, allow_none=True, load_default=None)
+    needs_profile = StrictBoolean(load_default=False)
+    streaming = StrictBoolean(allow_none=True, load_default=None)
+
+
+class CatalogSchema(StrictSchema):
+    """`POST /ingest/catalog`: one listing of the provider's models and inference profiles."""
+
+    provider = StrictString(required=True, validate=validate.OneOf(contract.PROVIDERS))
+    region = _text(64, allow_none=True, load_default=None)
+    started_at = Timestamp(required=True, metadata={"description": "when the listing began"})
+    pagination_complete = StrictBoolean(required=True, metadata={
+        "description": "true only when every page of every listing was read"})
+    models = fields.List(
+        fields.Nested(CatalogModelSchema),
+        required=True,
+        validate=validate.Length(max=contract.MAX_CATALOG_MODELS,
+                                 error=f"At most {contract.MAX_CATALOG_MODELS} models."),
+    )
+
+
+class CatalogCountsSchema(Schema):
+    """What one catalogue post changed."""
+
+    models = fields.Integer(metadata={"description": "distinct entries posted"})
+    new = fields.Integer(metadata={"description": "entries first seen by this post"})
+    seen = fields.Integer(metadata={"description": "entries already known"})
+
+
+class CatalogAnswerSchema(Schema):
+    """The answer to a stored catalogue."""
+
+    status = fields.String(validate=validate.OneOf(("stored",)))
+    counts = fields.Nested(CatalogCountsSchema)
 
 
 _ID_LIKE = re.compile(
@@ -521,3 +640,7 @@ WRITE_ANSWER = WriteAnswerSchema()
 BATCH_ANSWER = BatchAnswerSchema()
 STATUS_ANSWER = StatusAnswerSchema()
 SUMMARY_ANSWER = SummarySchema()
+RUNNER_CONFIG_QUERY = RunnerConfigQuerySchema()
+RUNNER_CONFIG_ANSWER = RunnerConfigSchema()
+CATALOG_SCHEMA = CatalogSchema()
+CATALOG_ANSWER = CatalogAnswerSchema()

@@ -44,6 +44,13 @@ class Settings:
     # section 5); other writers share both.
     models_collection: str = "models"
     health_collection: str = "bench_model_health"
+    # The runners' side channel (docs/contract.md section 7): when each runner last fetched
+    # its worklist and posted its catalogue, the catalogue itself, and one record per post.
+    runners_collection: str = "bench_runners"
+    catalog_collection: str = "provider_catalog"
+    discovery_collection: str = "bench_discovery_runs"
+    # The interval_minutes GET /runner-config tells every runner (its daemon's cycle).
+    runner_interval_minutes: int = 60
     # On: a result for a model `models` does not list as enabled goes to the probe collection.
     model_gate: bool = False
     # How often each model is expected to be measured: freshness_status is judged against it.
@@ -97,6 +104,9 @@ class Settings:
             ("MONGODB_PROBE_COLLECTION", cls.probe_collection),
             ("MONGODB_MODELS_COLLECTION", cls.models_collection),
             ("MONGODB_HEALTH_COLLECTION", cls.health_collection),
+            ("MONGODB_RUNNERS_COLLECTION", cls.runners_collection),
+            ("MONGODB_CATALOG_COLLECTION", cls.catalog_collection),
+            ("MONGODB_DISCOVERY_COLLECTION", cls.discovery_collection),
         ):
             value = env.get(var, "").strip() or default
             if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value) or value.startswith("."):
@@ -105,9 +115,8 @@ class Settings:
 
         collections = [names[var] for var in names if var.endswith("_COLLECTION")]
         if len(set(collections)) < len(collections):
-            problems.append("MONGODB_RESULTS_COLLECTION, MONGODB_ERRORS_COLLECTION, "
-                            "MONGODB_PROBE_COLLECTION, MONGODB_MODELS_COLLECTION and "
-                            "MONGODB_HEALTH_COLLECTION must name five different collections")
+            problems.append(", ".join(var for var in names if var.endswith("_COLLECTION"))
+                            + f" must name {len(collections)} different collections")
 
         api_keys = _parse_keys(env, "INGEST_API_KEYS", problems, required=True)
         read_keys = _parse_keys(env, "INGEST_READ_KEYS", problems, required=False)
@@ -138,6 +147,8 @@ class Settings:
         body_timeout = _parse_number(env, "INGEST_BODY_TIMEOUT_SECONDS", float,
                                      cls.body_timeout_seconds, 0.5, 120, problems)
 
+        interval = _parse_number(env, "INGEST_RUNNER_INTERVAL_MINUTES", int,
+                                 cls.runner_interval_minutes, 1, 7 * 24 * 60, problems)
         request_timeout = _parse_number(env, "INGEST_REQUEST_TIMEOUT_SECONDS", float,
                                         cls.request_timeout_seconds, 1, 600, problems)
         if problems:
@@ -150,6 +161,10 @@ class Settings:
             probe_collection=names["MONGODB_PROBE_COLLECTION"],
             models_collection=names["MONGODB_MODELS_COLLECTION"],
             health_collection=names["MONGODB_HEALTH_COLLECTION"],
+            runners_collection=names["MONGODB_RUNNERS_COLLECTION"],
+            catalog_collection=names["MONGODB_CATALOG_COLLECTION"],
+            discovery_collection=names["MONGODB_DISCOVERY_COLLECTION"],
+            runner_interval_minutes=interval,
             model_gate=model_gate,
             cadence_seconds=cadence,
             health_pass_seconds=health_pass,

@@ -16,12 +16,15 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pymongo.collection import Collection
 
 from .limits import DEFAULT_WINDOW
 from .timestamps import as_utc
+
+if TYPE_CHECKING:
+    from .runners import RunnerSeen
 
 # A longer window means a larger projection to read; a month covers the page's needs.
 MAX_WINDOW = timedelta(days=31)
@@ -81,6 +84,8 @@ class Summary:
     until: datetime
     models: tuple[ModelSummary, ...]
     failures: tuple[FailureGroup, ...]
+    # Filled in by the read side (runners.seen): the runners' last worklist and catalogue.
+    runners: tuple[RunnerSeen, ...] = ()
 
 
 def parse_window(text: str) -> timedelta:

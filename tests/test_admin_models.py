@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -107,7 +108,7 @@ def test_list_shows_state_freshness_and_display_name(cli, mongo_db, client, auth
     lines = cli("list").output.splitlines()
     assert lines[0].split() == ["PROVIDER", "MODEL_ID", "STATE", "FRESHNESS", "LAST", "SUCCESS",
                                 "DISPLAY", "NAME"]
-    rows = [line.split()[:4] for line in lines[1:]]
+    rows = [line.split()[:4] for line in lines[1:] if not line.startswith(" ")]
     assert rows == [["bedrock", MODEL, "enabled", "fresh"],
                     ["bedrock", "sim.old-v1", "deprecated", "disabled"],
                     ["openai", "gpt-x", "disabled", "-"]]
@@ -151,3 +152,170 @@ def test_help_teaches_the_commands_through_the_real_flask_command(mongo_uri, mon
     for word in ("list", "add", "enable", "disable", "deprecate", "refresh",
                  "INGEST_MODEL_GATE", "never by hand", "--display-name"):
         assert word in out.stdout
+
+
+# --- request settings and runners (models configure, add) ------------------------------
+
+THINKING = '{"thinking": {"type": "enabled", "budget_tokens": 1024}}'
+
+
+def worklist(client, key: str = "runner-a") -> dict:
+    from tests.support.ingest import TEST_KEYS
+
+    answer = client.get("/runner-config", headers={"X-API-Key": TEST_KEYS[key]})
+    assert answer.status_code == 200
+    return answer.get_json()
+
+
+def test_configure_sets_the_request_and_the_next_worklist_carries_it(cli, mongo_db, client):
+    cli("add", MODEL, "--display-name", "Sim Fast")
+    mongo_db["models"].update_one({"model_id": MODEL}, {"$set": {"dashboard_rank": 3}})
+    result = cli("configure", MODEL, "--omit-temperature", "--request-field", THINKING,
+                 "--region", "us-west-2", "--profiles", "cloud-reasoning-v1",
+                 "--runners", "runner-b")
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        f"configured bedrock/{MODEL}: no temperature; request fields "
+        '{"thinking":{"budget_tokens":1024,"type":"enabled"}}; region us-west-2; '
+        "profiles cloud-reasoning-v1; runners runner-b\n")
+    doc = model(mongo_db)
+    assert doc["request"] == {"omit_temperature": True,
+                              "additional_model_request_fields": json.loads(THINKING),
+                              "region": "us-west-2", "profiles": ["cloud-reasoning-v1"]}
+    assert (doc["runners"], doc["dashboard_rank"], doc["display_name"]) == \
+        (["runner-b"], 3, "Sim Fast")
+    assert worklist(client)["models"] == []
+    listed = worklist(client, "runner-b")
+    assert listed["models"] == [MODEL]
+    assert listed["model_metadata"][MODEL] == doc["request"]
+
+    # One option changes one setting; the others stay as they were.
+    assert cli("configure", MODEL, "--send-temperature", "--all-runners").exit_code == 0
+    doc = model(mongo_db)
+    assert doc["request"]["omit_temperature"] in (False, 0)
+    assert doc["request"]["region"] == "us-west-2" and "runners" not in doc
+    assert worklist(client)["model_metadata"][MODEL]["omit_temperature"] is False
+    result = cli("configure", MODEL, "--clear-request-fields", "--no-region", "--all-profiles")
+    assert result.output == (f"configured bedrock/{MODEL}: the profiles as they are, "
+                             "on every runner\n")
+    assert worklist(client)["model_metadata"][MODEL] == {
+        "omit_temperature": False, "additional_model_request_fields": None, "region": None,
+        "profiles": None}
+
+
+def test_configure_keeps_request_keys_it_does_not_know(cli, mongo_db, client):
+    cli("add", MODEL, "--display-name", "Sim Fast")
+    mongo_db["models"].update_one({"model_id": MODEL}, {"$set": {"request": {"top_k": 5}}})
+    assert cli("configure", MODEL, "--region", "eu-west-1").exit_code == 0
+    assert model(mongo_db)["request"]["top_k"] == 5
+    meta = worklist(client)["model_metadata"][MODEL]
+    assert (meta["top_k"], meta["region"]) == (5, "eu-west-1")
+    assert "other settings top_k" in cli("list").output
+
+
+def test_add_takes_the_same_options_and_list_shows_them(cli, mongo_db, client):
+    result = cli("add", MODEL, "--display-name", "Sim Fast", "--omit-temperature",
+                 "--runners", "runner-a,runner-b")
+    assert result.exit_code == 0, result.output
+    assert result.output == (f"added bedrock/{MODEL} (Sim Fast), enabled; no temperature; "
+                             "runners runner-a,runner-b\n")
+    assert model(mongo_db)["request"] == {"omit_temperature": True,
+                                          "additional_model_request_fields": None,
+                                          "region": None, "profiles": None}
+    cli("add", "sim.plain-v1", "--display-name", "Sim Plain")
+    assert "request" not in model(mongo_db, "sim.plain-v1")
+    lines = cli("list").output.splitlines()
+    assert lines[1].split()[1] == MODEL
+    assert lines[2] == "    no temperature; runners runner-a,runner-b"
+    assert lines[3].split()[1] == "sim.plain-v1" and len(lines) == 4
+    assert worklist(client)["models"] == [MODEL, "sim.plain-v1"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--request-field", "{thinking: 1}"], "--request-field is not JSON"),
+    (["--request-field", "[1, 2]"], "must be a JSON object"),
+    (["--request-field", '{"$where": 1}'], "Keys must not start with '$'"),
+    (["--profiles", "cloud-default-v1,cloud-huge-v9"], "unknown profile cloud-huge-v9"),
+    (["--runners", "runner-z"], "runner-z is not a key name of INGEST_API_KEYS"),
+    (["--region", "Mars"], "is not a region name"),
+    (["--region", "us-east-1", "--no-region"], "give --region or --no-region, not both"),
+    (["--request-field", "{}", "--clear-request-fields"], "not both"),
+    (["--profiles", "cloud-default-v1", "--all-profiles"], "not both"),
+    (["--runners", "runner-a", "--all-runners"], "not both"),
+    ([], "nothing to change"),
+])
+def test_a_bad_setting_is_one_line_and_changes_nothing(cli, mongo_db, args, message):
+    cli("add", MODEL, "--display-name", "Sim Fast")
+    before = model(mongo_db)
+    result = cli("configure", MODEL, *args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+    assert message in result.output
+    assert model(mongo_db) == before
+    if args:
+        added = cli("add", "sim.other-v1", "--display-name", "Other", *args)
+        assert (added.exit_code, added.output.count("\n")) == (2, 1), added.output
+        assert mongo_db["models"].count_documents({}) == 1
+
+
+def test_configuring_a_model_that_is_not_listed_says_how_to_add_it(cli, mongo_db):
+    result = cli("configure", "sim.nowhere-v1", "--omit-temperature")
+    assert (result.exit_code, result.output.count("\n")) == (1, 1)
+    assert "is not listed; add it first" in result.output
+    assert mongo_db["models"].count_documents({}) == 0
+
+
+# --- the catalogue the runners posted (models catalogue) -------------------------------
+
+
+def post_catalogue(client, *ids: str, region: str = "us-east-1") -> None:
+    from datetime import UTC, datetime
+
+    from tests.support.ingest import TEST_KEYS
+
+    body = {"provider": "bedrock", "region": region, "started_at": datetime.now(UTC).isoformat(),
+            "pagination_complete": True,
+            "models": [{"model_id": m, "name": m.upper(), "kind": "inference-profile"
+                        if m.split(".")[0] in ("us", "eu", "global") else "foundation",
+                        "lifecycle_status": "ACTIVE"} for m in ids]}
+    answer = client.post("/ingest/catalog", json=body,
+                         headers={"X-API-Key": TEST_KEYS["runner-a"]})
+    assert answer.status_code == 201, answer.get_json()
+
+
+def test_catalogue_lists_what_is_not_listed_yet_and_flags_spellings_of_one_model(
+        cli, mongo_db, client):
+    assert "no catalogue posted yet" in cli("catalogue").output
+    post_catalogue(client, "sim.fast-v1", "us.sim.fast-v1", "global.sim.fast-v1",
+                   "sim.steady-v1", "Sim.Steady-V1", "sim.new-v1")
+    post_catalogue(client, "sim.new-v1", region="eu-west-1")
+    cli("add", "sim.fast-v1", "--display-name", "Sim Fast")
+    cli("add", "us.sim.fast-v1", "--display-name", "Sim Fast (US)")
+    cli("add", "sim.STEADY-v1", "--display-name", "Sim Steady")
+    result = cli("catalogue")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["PROVIDER", "MODEL_ID", "KIND", "REGIONS", "LIFECYCLE", "LAST",
+                                "SEEN", "NAME"]
+    rows = [line.split()[:5] for line in lines[1:5]]
+    assert rows == [
+        ["bedrock", "Sim.Steady-V1", "foundation", "us-east-1", "ACTIVE"],
+        ["bedrock", "global.sim.fast-v1", "inference-profile", "us-east-1", "ACTIVE"],
+        ["bedrock", "sim.new-v1", "foundation", "eu-west-1,us-east-1", "ACTIVE"],
+        ["bedrock", "sim.steady-v1", "foundation", "us-east-1", "ACTIVE"],
+    ]
+    assert lines[5].startswith("4 catalogue entries not listed")
+    groups = lines[lines.index("") + 2:]
+    assert groups == [
+        "  bedrock: global.sim.fast-v1 (catalogue), sim.fast-v1 (listed), us.sim.fast-v1 "
+        "(listed)  <- listed 2 times: shows 2 times",
+        "  bedrock: Sim.Steady-V1 (catalogue), sim.STEADY-v1 (listed), sim.steady-v1 "
+        "(catalogue)",
+    ]
+    assert cli("catalogue", "--provider", "openai").output.startswith("no catalogue posted")
+
+
+def test_catalogue_says_so_when_everything_is_listed(cli, mongo_db, client):
+    post_catalogue(client, "sim.fast-v1")
+    cli("add", "sim.fast-v1", "--display-name", "Sim Fast")
+    assert cli("catalogue").output == "every catalogue entry is listed\n"

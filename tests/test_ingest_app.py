@@ -20,6 +20,21 @@ def test_settings_default_to_the_dashboard_collections():
     assert cfg.public_read is False
 
 
+def test_settings_of_the_runners_side_channel_default_and_are_checked():
+    cfg = Settings.from_env(GOOD_ENV)
+    assert (cfg.runners_collection, cfg.catalog_collection, cfg.discovery_collection,
+            cfg.runner_interval_minutes) == (
+        "bench_runners", "provider_catalog", "bench_discovery_runs", 60)
+    assert Settings.from_env({**GOOD_ENV, "INGEST_RUNNER_INTERVAL_MINUTES": "15"}
+                             ).runner_interval_minutes == 15
+    for env, words in (
+            ({"INGEST_RUNNER_INTERVAL_MINUTES": "0"}, "INGEST_RUNNER_INTERVAL_MINUTES"),
+            ({"MONGODB_CATALOG_COLLECTION": "$bad"}, "MONGODB_CATALOG_COLLECTION must be"),
+            ({"MONGODB_RUNNERS_COLLECTION": "models"}, "different collections")):
+        with pytest.raises(SettingsError, match=words):
+            Settings.from_env({**GOOD_ENV, **env})
+
+
 def test_settings_name_every_bad_variable_in_one_line():
     env = {"INGEST_API_KEYS": "runner-a:short,broken", "INGEST_PUBLIC_READ": "maybe",
            "INGEST_MAX_BODY_BYTES": "lots"}

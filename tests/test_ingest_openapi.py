@@ -139,3 +139,39 @@ def test_the_document_is_as_strict_as_the_server_on_ids_integers_and_windows():
     until = next(p for p in document["paths"]["/results"]["get"]["parameters"]
                  if p["name"] == "until")
     assert "later than since" in until["description"]
+
+
+def test_the_runner_routes_are_documented_as_they_answer(client, auth_headers, spec, mongo_db):
+    from datetime import UTC, datetime
+
+    from ingest_app.schemas import RUNNER_CONFIG_QUERY
+
+    config = spec["paths"]["/runner-config"]["get"]
+    assert {"200", "304", "401", "422", "429", "503", "500"} == set(config["responses"])
+    assert "ETag" in config["responses"]["200"]["headers"]
+    assert "ETag" in config["responses"]["304"]["headers"]
+    params = {(p["in"], p["name"]) for p in config["parameters"]}
+    assert params == {("query", n) for n in RUNNER_CONFIG_QUERY.fields} | \
+        {("header", "If-None-Match")}
+    catalog = spec["paths"]["/ingest/catalog"]["post"]
+    assert {"201", "400", "401", "408", "413", "415", "422", "429", "503", "500"} == \
+        set(catalog["responses"])
+    assert catalog["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/Catalog")
+    schemas = spec["components"]["schemas"]
+
+    mongo_db["models"].insert_one({"provider": "bedrock", "model_id": "sim.fast-v1",
+                                   "request": {"omit_temperature": True, "top_k": 5}})
+    answer = client.get("/runner-config", headers=auth_headers).get_json()
+    assert set(answer) == set(schemas["RunnerConfig"]["properties"])
+    meta = answer["model_metadata"]["sim.fast-v1"]
+    assert set(schemas["ModelMetadata"]["properties"]) < set(meta)
+    assert schemas["ModelMetadata"]["additionalProperties"] is True
+    body = {"provider": "bedrock", "region": None, "started_at": datetime.now(UTC).isoformat(),
+            "pagination_complete": False,
+            "models": [{"model_id": "sim.fast-v1", "kind": "foundation"}]}
+    stored = client.post("/ingest/catalog", json=body, headers=auth_headers).get_json()
+    assert set(stored) == set(schemas["CatalogAnswer"]["properties"])
+    assert set(stored["counts"]) == set(schemas["CatalogCounts"]["properties"])
+    summary = client.get("/summary", headers=READER).get_json()
+    assert set(summary["runners"][0]) == set(schemas["RunnerSeen"]["properties"])

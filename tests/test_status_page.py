@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ingest_app import create_app, db
+from ingest_app.timestamps import parse_rfc3339
 from tests.support.ingest import REPO, TEST_KEYS, TEST_READ_KEYS, gunicorn_env, start_gunicorn
 from tests.support.seed import failure_doc, result_doc, seed
 
@@ -29,6 +30,7 @@ class _Page(HTMLParser):
         self.models: list[str] = []
         self.polylines: list[str] = []
         self.fingerprints: list[str] = []
+        self.runners: list[str] = []
         self.stylesheets: list[str] = []
         self.scripts = 0
         self.meta: dict[str, str] = {}
@@ -42,6 +44,8 @@ class _Page(HTMLParser):
             self.polylines.append(a.get("points") or "")
         elif tag == "tr" and "data-fingerprint" in a:
             self.fingerprints.append(a["data-fingerprint"])
+        elif tag == "tr" and "data-runner" in a:
+            self.runners.append(a["data-runner"])
         elif tag == "link" and a.get("rel") == "stylesheet":
             self.stylesheets.append(a.get("href", ""))
         elif tag == "script":
@@ -241,3 +245,64 @@ def test_a_401_on_the_page_says_basic_auth_with_a_key_as_password_opens_it(clien
     error = client.get("/").get_json()["error"]
     assert error["code"] == "unauthorized"
     assert "Basic" in error["message"] and "password" in error["message"]
+
+
+def _catalogue() -> dict:
+    return {"provider": "bedrock", "region": "us-east-1",
+            "started_at": datetime.now(UTC).isoformat(), "pagination_complete": True,
+            "models": [{"model_id": "sim.fast-v1", "kind": "foundation"}]}
+
+
+def _runner_rows(html: str) -> dict[str, str]:
+    return dict(re.findall(r'<tr data-runner="([^"]+)">(.*?)</tr>', html, re.S))
+
+
+def test_page_and_summary_show_when_each_runner_last_fetched_and_posted(client, mongo_db):
+    headers = _basic(TEST_KEYS["runner-a"])
+    text = " ".join(_parse(client.get("/", headers=headers).get_data(as_text=True)).text)
+    assert "No runner has fetched a worklist or posted a catalogue yet." in text
+    runner_a, runner_b = ({"X-API-Key": TEST_KEYS[n]} for n in ("runner-a", "runner-b"))
+    before = datetime.now(UTC).replace(microsecond=0)
+    assert client.get("/runner-config", headers=runner_a).status_code == 200
+    assert client.post("/ingest/catalog", json=_catalogue(), headers=runner_a).status_code == 201
+    assert client.get("/runner-config", headers=runner_b).status_code == 200
+
+    html = client.get("/", headers=headers).get_data(as_text=True)
+    assert _parse(html).runners == ["runner-a", "runner-b"]
+    rows = _runner_rows(html)
+    assert rows["runner-a"].count("<time datetime=") == 2
+    assert re.search(r"\(\d+s ago, bedrock\)", rows["runner-a"])
+    assert rows["runner-b"].count("<time datetime=") == 1 and "never" in rows["runner-b"]
+
+    runners = client.get("/summary", headers=runner_b).get_json()["runners"]
+    assert [r["runner"] for r in runners] == ["runner-a", "runner-b"]
+    assert runners[1]["last_catalog_at"] is None and runners[1]["last_config_at"]
+    for row in runners:
+        assert row["last_config_provider"] == "bedrock"
+        assert before <= parse_rfc3339(row["last_config_at"]) <= datetime.now(UTC)
+    assert runners[0]["last_catalog_provider"] == "bedrock"
+
+
+@pytest.mark.browser
+def test_headless_chromium_shows_the_runners_a_real_server_saw(tmp_path, mongo_uri,
+                                                                 mongo_db_name, mongo_db):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (make browser installs it)")
+    import requests
+
+    env = gunicorn_env(mongo_uri, mongo_db_name, INGEST_PUBLIC_READ="true")
+    with start_gunicorn(env, workers=2) as server:
+        for name in ("runner-a", "runner-b"):
+            key = {"X-API-Key": TEST_KEYS[name]}
+            assert requests.get(f"{server.url}/runner-config", headers=key,
+                                timeout=10).status_code == 200
+        assert requests.post(f"{server.url}/ingest/catalog", json=_catalogue(),
+                             headers={"X-API-Key": TEST_KEYS["runner-b"]},
+                             timeout=10).status_code == 201
+        dom = _chromium(f"{server.url}/", tmp_path, "--dump-dom")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+    page = _parse(dom.stdout)
+    assert page.runners == ["runner-a", "runner-b"]
+    rows = _runner_rows(dom.stdout)
+    assert rows["runner-a"].count("<time datetime=") == 1 and "never" in rows["runner-a"]
+    assert rows["runner-b"].count("<time datetime=") == 2 and "never" not in rows["runner-b"]
