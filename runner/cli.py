@@ -138,7 +138,8 @@ def _ingest_url_option(f: Any) -> Any:
 PROVIDER_TEXT = (
     "openai, groq, together, fireworks, deepinfra and cerebras are OpenAI-compatible hosts "
     "(key from OPENAI_API_KEY, GROQ_API_KEY, ...); openai-compatible is any other server "
-    f"(set {cfg.ENV_OPENAI_BASE_URL} and {cfg.ENV_OPENAI_PROVIDER_NAME}).")
+    f"(set {cfg.ENV_OPENAI_BASE_URL} and {cfg.ENV_OPENAI_PROVIDER_NAME}); anthropic is "
+    f"Anthropic's Messages API (key from {cfg.ENV_ANTHROPIC_API_KEY}).")
 
 
 def _provider_option(help_text: str) -> Any:
@@ -223,7 +224,8 @@ def _redact_secrets(record: Any) -> bool:
 
     text = redact(record.getMessage())
     for name in (cfg.ENV_API_KEY, "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "AWS_ACCESS_KEY_ID", *_vendor_key_variables()):
+                 "AWS_ACCESS_KEY_ID", cfg.ENV_ANTHROPIC_API_KEY,
+                 *_vendor_key_variables()):
         value = os.environ.get(name, "").strip()
         if len(value) >= 8 and value in text:
             text = text.replace(value, "[redacted]")
@@ -342,7 +344,7 @@ def _delivery_line(report: CycleReport) -> str:
 @click.group(context_settings=CONTEXT, epilog=EXIT_CODES_TEXT)
 @click.version_option(package_name="bench-ingest", prog_name="bench-runner")
 def main() -> None:
-    """Measure hosted LLMs (Bedrock, OpenAI-compatible APIs), deliver every result to the API.
+    """Measure hosted LLMs (Bedrock, OpenAI-compatible, Anthropic), deliver every result.
 
     Every result and every failure is written to a durable outbox first, then sent
     to the ingest API; what cannot be delivered waits in the outbox for the next run.
@@ -653,6 +655,8 @@ SIMULATORS = {
     "bedrock": "the Bedrock Runtime API (point boto3 at it with AWS_ENDPOINT_URL_*)",
     "openai-compatible": "chat completions over SSE (point the runner at it with "
                          f"{cfg.ENV_OPENAI_BASE_URL})",
+    "anthropic": "Anthropic's Messages API over SSE (point the runner at it with "
+                 f"{cfg.ENV_ANTHROPIC_BASE_URL} and its key in {cfg.ENV_ANTHROPIC_API_KEY})",
 }
 
 
@@ -660,6 +664,11 @@ def _announce(provider: str, url: str) -> str:
     if provider == "openai-compatible":
         return (f"export {cfg.ENV_OPENAI_BASE_URL}={url}/v1  # with --provider openai (or any "
                 f"preset) and its key variable set to any value")
+    if provider == "anthropic":
+        from .anthropic_simulator import DEFAULT_KEY
+
+        return (f"export {cfg.ENV_ANTHROPIC_BASE_URL}={url} {cfg.ENV_ANTHROPIC_API_KEY}="
+                f"{DEFAULT_KEY}  # with --provider anthropic (the key of the default config)")
     return f"export AWS_ENDPOINT_URL_BEDROCK_RUNTIME={url} AWS_ENDPOINT_URL_BEDROCK={url}"
 
 
@@ -680,6 +689,9 @@ def simulate(provider: str, host: str, port: int, config_path: Path | None) -> N
     if provider == "openai-compatible":
         from .openai_simulator import OpenAISimulatorConfig as Config
         from .openai_simulator import run
+    elif provider == "anthropic":
+        from .anthropic_simulator import AnthropicSimulatorConfig as Config  # type: ignore
+        from .anthropic_simulator import run  # type: ignore[assignment]
     else:
         from .simulator import SimulatorConfig as Config  # type: ignore[assignment]
         from .simulator import run  # type: ignore[assignment]

@@ -92,6 +92,8 @@ _CODE_KINDS = {
     "api_error": "transient",
     "overloaded_error": "transient",
     "service_unavailable_error": "transient",
+    "timeout_error": "timeout",
+    "billing_error": "auth",  # the key's account cannot pay: fixed where the key is
 }
 
 # Exception class names (anywhere in the hierarchy), most specific first by MRO order.
@@ -195,6 +197,9 @@ def classify(exc: BaseException, *, model_id: str | None = None) -> Classificati
     else:  # an HTTP client's response (openai, anthropic: httpx)
         code, sdk_message = _vendor_code(exc), str(exc) or names[0]
         status = getattr(exc, "status_code", None) or getattr(response, "status_code", None)
+        if isinstance(status, int) and 200 <= status < 300:
+            # An error event inside a stream whose answer was 200: no failure status.
+            status = None
         headers = getattr(response, "headers", None) or {}
         request_id = (getattr(exc, "request_id", None) or headers.get("x-request-id")
                       or headers.get("request-id") or None)

@@ -1,7 +1,7 @@
 """The provider seam: what the runner needs from a model host, whichever it is.
 
 Delivery and the CLI speak only to `Provider`; each host (Bedrock, any
-OpenAI-compatible endpoint) lives in its own module, imported when asked for so
+OpenAI-compatible endpoint, Anthropic) lives in its own module, imported when asked for so
 that `bench-runner --help` never pays for an SDK import, and a runner needs only
 the SDKs of the providers it measures (the package's extras).
 """
@@ -70,9 +70,11 @@ class Provider(Protocol):
 # dashboard names (runner/openai_endpoints.py).
 OPENAI_COMPATIBLE = GENERIC
 OPENAI_PRESETS = tuple(PRESETS)
-PROVIDER_CHOICES = ("bedrock", OPENAI_COMPATIBLE, *OPENAI_PRESETS)
+ANTHROPIC = "anthropic"
+PROVIDER_CHOICES = ("bedrock", OPENAI_COMPATIBLE, *OPENAI_PRESETS, ANTHROPIC)
 # Which extra of the package each provider's client comes from.
-_EXTRAS = {OPENAI_COMPATIBLE: "openai", **{name: "openai" for name in OPENAI_PRESETS}}
+_EXTRAS = {OPENAI_COMPATIBLE: "openai", **{name: "openai" for name in OPENAI_PRESETS},
+           ANTHROPIC: "anthropic"}
 
 
 def get_provider(name: str, *, region: str | None, concurrency: int = 1,
@@ -98,6 +100,10 @@ def get_provider(name: str, *, region: str | None, concurrency: int = 1,
         module = _import_sdk_module(name, "openai_compat")
         return module.OpenAICompatibleProvider(endpoint, concurrency=concurrency,
                                                call_timeout=call_timeout, retries=retries)
+    if name == ANTHROPIC:
+        module = _import_sdk_module(name, "anthropic_provider")
+        return module.AnthropicProvider(concurrency=concurrency, call_timeout=call_timeout,
+                                        retries=retries, environ=environ)
     raise SetupError(f"unknown provider {name!r}; known providers: {', '.join(PROVIDER_CHOICES)}")
 
 

@@ -355,6 +355,50 @@ def test_simulate_serves_the_openai_compatible_protocol_the_runner_measures(
     assert "gsk_demo" not in done.stdout + done.stderr
 
 
+def test_simulate_serves_the_anthropic_protocol_the_runner_measures(env, scripted_ingest):
+    proc = subprocess.Popen([BENCH_RUNNER, "simulate", "--provider", "anthropic", "--port", "0"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killer = threading.Timer(30, proc.kill)
+    killer.start()
+    try:
+        line = proc.stderr.readline()
+        while "export ANTHROPIC_BASE_URL" not in line and line:
+            line = proc.stderr.readline()
+        match = re.search(r"ANTHROPIC_BASE_URL=(http://127\.0\.0\.1:\d+) "
+                          r"ANTHROPIC_API_KEY=(\S+)", line)
+        assert match, line
+        done = run_cli(["once", "--provider", "anthropic", "--json"],
+                       {**env, "BENCHMARK_MODELS": "claude-sim-thinker,claude-sim-gone",
+                        "ANTHROPIC_BASE_URL": match.group(1),
+                        "ANTHROPIC_API_KEY": match.group(2)})
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    finally:
+        killer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert done.returncode == int(ExitCode.MODEL_FAILED), done.stderr
+    report = json.loads(done.stdout)
+    (result,) = report["results"]
+    assert (result["provider"], result["model_name"]) == ("anthropic", "claude-sim-thinker")
+    (stored,) = [doc for doc in scripted_ingest.stored.values() if "result_id" in doc]
+    assert stored["request_mode"] == "anthropic_messages_stream"
+    assert stored["reasoning_tokens"] > 0 and stored["temperature"] is None
+    assert [(f["provider"], f["error_kind"]) for f in report["failures"]] == [
+        ("anthropic", "model_unavailable")]
+    assert report["delivery"]["delivered"] == 2
+    assert match.group(2) not in done.stdout + done.stderr
+
+
+def test_anthropic_without_its_key_is_one_line_and_exit_2(env):
+    result = run_cli(["once", "--provider", "anthropic", "--models", "claude-x"],
+                     {**env, "ANTHROPIC_API_KEY": ""})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "Error: No Anthropic API key: set ANTHROPIC_API_KEY in the runner's environment."]
+
+
 def test_an_unknown_provider_is_exit_2_naming_the_choices(env):
     result = run_cli(["once", "--provider", "azure"], env)
     assert result.returncode == 2

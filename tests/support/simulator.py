@@ -152,3 +152,29 @@ def openai_sim(monkeypatch, tmp_path_factory):
     yield start
     for handle in handles:
         handle.stop()
+
+
+@pytest.fixture
+def anthropic_sim(monkeypatch, tmp_path_factory):
+    """Factory: `anthropic_sim(config=None)` starts the Anthropic simulator and points the
+    anthropic provider at it (ANTHROPIC_BASE_URL, and ANTHROPIC_API_KEY set to its key)."""
+    from runner.anthropic_simulator import AnthropicSimulatorConfig
+
+    handles: list[SimulatorHandle] = []
+
+    def start(config: Any = None) -> SimulatorHandle:
+        if config is None:
+            config = AnthropicSimulatorConfig.default()
+        elif isinstance(config, dict):
+            config = AnthropicSimulatorConfig.from_dict(config)
+        handle = start_sse_simulator("runner.anthropic_simulator", config,
+                                     tmp_path_factory.mktemp("anthropic-sim"))
+        handles.append(handle)
+        handle.env = {"ANTHROPIC_BASE_URL": handle.url, "ANTHROPIC_API_KEY": config.api_key}
+        for name, value in handle.env.items():
+            monkeypatch.setenv(name, value)
+        return handle
+
+    yield start
+    for handle in handles:
+        handle.stop()
