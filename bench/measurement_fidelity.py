@@ -1,23 +1,21 @@
-"""How far the runner's figures are from the truth, measured against the Bedrock simulator.
+"""How far the runner's figures are from the truth, measured against each provider's simulator.
 
-Starts the simulator in its own process, measures its models many times with the
-real BedrockProvider (sequentially, then four at a time from threads as
-`--concurrency 4` does), and prints the median and max error of TTFT, generate
-time and decode speed twice: against the simulator's planned schedule, and
-against when the simulator actually sent each delta (on a busy machine the
-simulator itself runs late; the second table is the runner's own error).
+For each provider (Bedrock with boto3, OpenAI-compatible with the openai client,
+then Anthropic with the anthropic client, on the same models), starts its simulator
+in its own process, measures its models many times with the real provider
+(sequentially, then four at a time from threads as `--concurrency 4` does), and
+prints the median and max error of TTFT, generate time and decode speed twice:
+against the simulator's planned schedule, and against when the simulator actually
+sent each delta (on a busy machine the simulator itself runs late; the second
+table is the runner's own error).
 
-    python bench/measurement_fidelity.py [--runs 32]
+    python bench/measurement_fidelity.py [--runs 32] [--providers bedrock,anthropic]
 
 Then the dashboard's visible-token fields, on models of 300-token answers in deltas
 of varied token counts (some after reasoning), under a 512-token profile: the error
 of time_to_64_visible_tokens_seconds against when the simulator sent the delta that
 carried the 64th cl100k_base token, and of visible_output_tokens and reasoning_tokens
 against the simulator's count.
-
-Then the same for the anthropic provider, with the real `anthropic` client against the
-Anthropic simulator (its own process): TTFT against the plan and as sent, and time to
-64 visible tokens, with and without a thinking block first.
 
 Target: median TTFT error under 5 ms, max under 25 ms; time to 64 visible tokens
 within 25 ms; token counts exact.
@@ -133,115 +131,138 @@ def _report(label: str, errors: dict[str, list[float]]) -> None:
               f"{units[key]:<2}  max {max(values):6.2f} {units[key]:<2}  (n={len(values)})")
 
 
-def main() -> None:
-    """Run the sequential and concurrent passes and print the error figures."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=32, help="measurements per pass")
-    args = parser.parse_args()
-
-    config = SimulatorConfig(models={**MODELS, **VISIBLE_MODELS})
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "sim.json"
-        path.write_text(json.dumps(config.to_dict()), encoding="utf-8")
-        sim = subprocess.Popen([sys.executable, "-m", "runner.simulator", str(port), str(path)],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _passes(provider_factory, config, url: str, runs: int) -> None:
+    """The four passes (timing, then visible tokens; each sequential and 4 at a time)."""
+    ids = [list(MODELS)[i % len(MODELS)] for i in range(runs)]
+    for label, threads in (("sequential", 1), ("4 concurrent threads", 4)):
+        provider = provider_factory(threads)
         try:
-            wait_for_port("127.0.0.1", port)
-            for name in [n for n in os.environ if n.startswith("AWS_")]:
-                del os.environ[name]
-            os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                              AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
-                              AWS_ENDPOINT_URL_BEDROCK_RUNTIME=url)
-            from runner.bedrock import BedrockProvider
-
-            ids = [list(MODELS)[i % len(MODELS)] for i in range(args.runs)]
-            for label, threads in (("sequential", 1), ("4 concurrent threads", 4)):
-                provider = BedrockProvider(region=None, concurrency=threads)
-                try:
-                    provider.warm()
-                    started = time.perf_counter()
-                    results = _measure(provider, ids, threads)
-                    wall = time.perf_counter() - started
-                finally:
-                    provider.close()
-                late = _lateness(url)
-                worst = max(late[r.request_id]["max"] for _, r in results) * 1000
-                print(f"{label}: {len(results)} measurements in {wall:.1f} s; the simulator "
-                      f"sent a delta up to {worst:.1f} ms late")
-                _report("  against the plan", _errors(config, results))
-                _report("  against what was sent", _errors(config, results, late))
-            visible_ids = [list(VISIBLE_MODELS)[i % len(VISIBLE_MODELS)]
-                           for i in range(args.runs)]
-            for label, threads in (("visible, sequential", 1), ("visible, 4 threads", 4)):
-                provider = BedrockProvider(region=None, concurrency=threads)
-                try:
-                    provider.warm()
-                    results = _measure(provider, visible_ids, threads, VISIBLE_PROFILE)
-                finally:
-                    provider.close()
-                print(f"{label}: {len(results)} measurements of 300 visible tokens")
-                _report("  visible-token fields", _visible_errors(config, results,
-                                                                  _lateness(url)))
+            provider.warm()
+            started = time.perf_counter()
+            results = _measure(provider, ids, threads)
+            wall = time.perf_counter() - started
         finally:
-            sim.terminate()
-            sim.wait(timeout=10)
-    _anthropic(args.runs)
-    print("target: median TTFT error < 5 ms, max < 25 ms; time to 64 visible tokens within "
-          "25 ms; token counts exact (0 tk)")
+            provider.close()
+        late = _lateness(url)
+        worst = max(late[r.request_id]["max"] for _, r in results) * 1000
+        print(f"{label}: {len(results)} measurements in {wall:.1f} s; the simulator "
+              f"sent a delta up to {worst:.1f} ms late")
+        _report("  against the plan", _errors(config, results))
+        _report("  against what was sent", _errors(config, results, late))
+    visible_ids = [list(VISIBLE_MODELS)[i % len(VISIBLE_MODELS)] for i in range(runs)]
+    for label, threads in (("visible, sequential", 1), ("visible, 4 threads", 4)):
+        provider = provider_factory(threads)
+        try:
+            provider.warm()
+            results = _measure(provider, visible_ids, threads, VISIBLE_PROFILE)
+        finally:
+            provider.close()
+        print(f"{label}: {len(results)} measurements of 300 visible tokens")
+        _report("  visible-token fields", _visible_errors(config, results, _lateness(url)))
 
 
-ANTHROPIC_MODELS = {
-    "claude-fid-a": dict(ttft=0.10, gap=0.010, tokens_per_delta=1, output_tokens=48),
-    "claude-fid-b": dict(ttft=0.20, gap=0.020, tokens_per_delta=4, output_tokens=64),
-    "claude-fid-t": dict(ttft=0.15, gap=0.020, tokens_per_delta=4, reasoning_tokens=16,
-                         output_tokens=32),
-}
-ANTHROPIC_VISIBLE = {
-    "claude-fid-v1": dict(ttft=0.10, gap=0.008, delta_tokens=(1, 3, 2, 7, 4), output_tokens=300),
-    "claude-fid-vt": dict(ttft=0.12, gap=0.010, delta_tokens=(2, 6, 1, 3), reasoning_tokens=90,
-                          output_tokens=300),
-}
+def _start(module: str, config) -> tuple[subprocess.Popen, str, tempfile.TemporaryDirectory]:
+    """A simulator process (`python -m module PORT CONFIG`) for `config`, listening."""
+    port = free_port()
+    tmp = tempfile.TemporaryDirectory()
+    path = Path(tmp.name) / "sim.json"
+    path.write_text(json.dumps(config.to_dict()), encoding="utf-8")
+    sim = subprocess.Popen([sys.executable, "-m", module, str(port), str(path)], cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port("127.0.0.1", port)
+    return sim, f"http://127.0.0.1:{port}", tmp
+
+
+def _bedrock(runs: int) -> None:
+    config = SimulatorConfig(models={**MODELS, **VISIBLE_MODELS})
+    sim, url, tmp = _start("runner.simulator", config)
+    try:
+        for name in [n for n in os.environ if n.startswith("AWS_")]:
+            del os.environ[name]
+        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                          AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+                          AWS_ENDPOINT_URL_BEDROCK_RUNTIME=url)
+        from runner.bedrock import BedrockProvider
+
+        _passes(lambda threads: BedrockProvider(region=None, concurrency=threads), config, url,
+                runs)
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+        tmp.cleanup()
+
+
+def _openai_compatible(runs: int) -> None:
+    """The same models on the OpenAI-compatible simulator, through the real openai client."""
+    from runner.openai_compat import OpenAICompatibleProvider
+    from runner.openai_endpoints import resolve
+    from runner.openai_simulator import OpenAISimulatorConfig
+    from runner.sse_simulator import SSEBehaviour
+
+    def sse(b: ModelBehaviour, **options) -> SSEBehaviour:
+        return SSEBehaviour(ttft=b.ttft, gap=b.gap, tokens_per_delta=b.tokens_per_delta,
+                            delta_tokens=b.delta_tokens, output_tokens=b.output_tokens,
+                            reasoning_tokens=b.reasoning_tokens, send_usage=b.send_usage,
+                            options=options)
+
+    models = {m: sse(b) for m, b in MODELS.items()}
+    models["us.sim.fid-r"] = sse(MODELS["us.sim.fid-r"], reasoning_field="reasoning")
+    models.update({m: sse(b) for m, b in VISIBLE_MODELS.items()})
+    config = OpenAISimulatorConfig(models=models)
+    sim, url, tmp = _start("runner.openai_simulator", config)
+    try:
+        endpoint = resolve("openai-compatible", {
+            "OPENAI_COMPATIBLE_BASE_URL": f"{url}/v1",
+            "OPENAI_COMPATIBLE_PROVIDER_NAME": "vllm"})
+        _passes(lambda threads: OpenAICompatibleProvider(endpoint, concurrency=threads),
+                config, url, runs)
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+        tmp.cleanup()
 
 
 def _anthropic(runs: int) -> None:
-    """The anthropic provider's TTFT error and time to 64 visible tokens, as for Bedrock."""
+    """The same models on the Anthropic simulator (thinking blocks for the reasoning ones),
+    through the real anthropic client."""
     from runner.anthropic_provider import AnthropicProvider
     from runner.anthropic_simulator import AnthropicSimulatorConfig
     from runner.sse_simulator import SSEBehaviour
-    from tests.support.simulator import start_sse_simulator
 
     config = AnthropicSimulatorConfig(models={
-        model_id: SSEBehaviour(**spec)
-        for model_id, spec in {**ANTHROPIC_MODELS, **ANTHROPIC_VISIBLE}.items()})
-    with tempfile.TemporaryDirectory() as tmp:
-        sim = start_sse_simulator("runner.anthropic_simulator", config, Path(tmp))
-        environ = {"ANTHROPIC_API_KEY": config.api_key, "ANTHROPIC_BASE_URL": sim.url}
-        try:
-            passes = (("anthropic, sequential", 1, ANTHROPIC_MODELS, PROFILE),
-                      ("anthropic, 4 threads", 4, ANTHROPIC_MODELS, PROFILE),
-                      ("anthropic visible, seq", 1, ANTHROPIC_VISIBLE, VISIBLE_PROFILE),
-                      ("anthropic visible, 4 thr", 4, ANTHROPIC_VISIBLE, VISIBLE_PROFILE))
-            for label, threads, models, profile in passes:
-                provider = AnthropicProvider(concurrency=threads, environ=environ)
-                try:
-                    provider.warm()
-                    ids = [list(models)[i % len(models)] for i in range(runs)]
-                    results = _measure(provider, ids, threads, profile)
-                finally:
-                    provider.close()
-                late = sim.stats()["streams"]
-                worst = max(late[r.request_id]["max"] for _, r in results) * 1000
-                print(f"{label}: {len(results)} measurements; the simulator sent a delta up "
-                      f"to {worst:.1f} ms late")
-                if profile is PROFILE:
-                    _report("  against the plan", _errors(config, results))
-                    _report("  against what was sent", _errors(config, results, late))
-                else:
-                    _report("  visible-token fields", _visible_errors(config, results, late))
-        finally:
-            sim.stop()
+        m: SSEBehaviour(ttft=b.ttft, gap=b.gap, tokens_per_delta=b.tokens_per_delta,
+                        delta_tokens=b.delta_tokens, output_tokens=b.output_tokens,
+                        reasoning_tokens=b.reasoning_tokens, send_usage=b.send_usage)
+        for m, b in {**MODELS, **VISIBLE_MODELS}.items()})
+    sim, url, tmp = _start("runner.anthropic_simulator", config)
+    environ = {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": config.api_key}
+    try:
+        _passes(lambda threads: AnthropicProvider(concurrency=threads, environ=environ),
+                config, url, runs)
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+        tmp.cleanup()
+
+
+PROVIDERS = {"bedrock": _bedrock, "openai-compatible": _openai_compatible,
+             "anthropic": _anthropic}
+
+
+def main() -> None:
+    """Run each provider's passes and print the error figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=32, help="measurements per pass")
+    parser.add_argument("--providers", default=",".join(PROVIDERS),
+                        help=f"comma-separated, of {', '.join(PROVIDERS)}")
+    args = parser.parse_args()
+    for name in args.providers.split(","):
+        if name not in PROVIDERS:
+            raise SystemExit(f"unknown provider {name!r}; known: {', '.join(PROVIDERS)}")
+        print(f"== {name} ==")
+        PROVIDERS[name](args.runs)
+    print("target: median TTFT error < 5 ms, max < 25 ms; time to 64 visible tokens within "
+          "25 ms; token counts exact (0 tk)")
 
 
 if __name__ == "__main__":

@@ -413,6 +413,9 @@ def catalogue_command(provider: str | None) -> None:
     try:
         found = list(discovery.catalog().find(query, {"_id": False}))
         listed = list(models().find(query, {"_id": False, "provider": True, "model_id": True}))
+        runs = list(discovery.discovery_runs().find(
+            query, {"provider": True, "region": True, "status": True}).sort(
+                "received_at", pymongo.DESCENDING))
     except PyMongoError as exc:
         raise _database_error(exc) from exc
     if not found:
@@ -447,6 +450,18 @@ def catalogue_command(provider: str | None) -> None:
                    f"--display-name NAME`")
     else:
         click.echo("every catalogue entry is listed")
+    gone = sorted(discovery.departed(found, runs),
+                  key=lambda e: (str(e.get("provider")), str(e.get("region")),
+                                 str(e.get("model_id"))))
+    if gone:
+        click.echo("")
+        click.echo("gone from the provider's catalogue (not in the latest complete listing of "
+                   "its region; disable or deprecate a listed one):")
+        for entry in gone:
+            key = (entry.get("provider"), entry.get("model_id"))
+            click.echo(f"  {entry.get('provider')}/{entry.get('region') or '-'}: "
+                       f"{entry.get('model_id')} ({'listed' if key in listed_ids else 'catalogue'}"
+                       f", last seen {_when(entry.get('last_seen_at'))})")
     if not groups:
         return
     click.echo("")

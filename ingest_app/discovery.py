@@ -3,8 +3,9 @@
 POST /ingest/catalog upserts one provider_catalog entry per (provider, model_id,
 region), so a catalogue posted twice leaves one entry per model with its first
 and last sighting, and appends one bench_discovery_runs record per post
-(docs/contract.md section 7). A model whose last_seen_at falls behind the latest
-complete listing has left the provider's catalogue.
+(docs/contract.md section 7). Each entry names the post that last listed it
+(`last_run_id`), so an entry the latest complete listing of its provider and
+region did not hold has left the provider's catalogue.
 
 It also names the spellings of one model that the dashboard would show as two:
 a bare id beside its geographic inference-profile ids (us., eu., global., ...)
@@ -19,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 import pymongo
+from bson import ObjectId
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
@@ -92,6 +94,7 @@ def store_catalog(posted: dict[str, Any], runner: str, received_at: datetime) ->
     """
     cfg = settings.current()
     provider, region = posted["provider"], posted["region"]
+    run_id = ObjectId()
     entries: dict[str, dict[str, Any]] = {}
     for entry in posted["models"]:
         entries[entry["model_id"]] = entry
@@ -100,7 +103,7 @@ def store_catalog(posted: dict[str, Any], runner: str, received_at: datetime) ->
             {"provider": provider, "model_id": model_id, "region": region},
             {"$set": {**{name: entry.get(name) for name in ENTRY_FIELDS},
                       "last_seen_at": received_at, "last_started_at": posted["started_at"],
-                      "last_runner": runner},
+                      "last_runner": runner, "last_run_id": run_id},
              "$setOnInsert": {"first_seen_at": received_at}},
             upsert=True,
         )
@@ -113,7 +116,7 @@ def store_catalog(posted: dict[str, Any], runner: str, received_at: datetime) ->
             new = _upsert(catalog(), operations)
         counts = {"models": len(operations), "new": new, "seen": len(operations) - new}
         discovery_runs().insert_one({
-            "provider": provider, "region": region, "runner": runner,
+            "_id": run_id, "provider": provider, "region": region, "runner": runner,
             "started_at": posted["started_at"], "received_at": received_at,
             "status": COMPLETE if posted["pagination_complete"] else PARTIAL,
             "pagination_complete": posted["pagination_complete"], "counts": counts,
@@ -152,3 +155,22 @@ def duplicate_spellings(ids: Iterable[str]) -> list[list[str]]:
     for model_id in ids:
         groups.setdefault(spelling(model_id), set()).add(model_id)
     return [sorted(found) for _, found in sorted(groups.items()) if len(found) > 1]
+
+
+def departed(entries: Iterable[dict[str, Any]], runs: Iterable[dict[str, Any]]
+             ) -> list[dict[str, Any]]:
+    """The entries the latest complete listing of their provider and region did not hold.
+
+    `runs` are discovery records newest first. An entry last listed by that complete
+    listing, or by a later (partial) one, is still there; a partial listing proves
+    nothing missing, and a provider and region never listed completely has no verdict.
+    """
+    age: dict[Any, int] = {}
+    latest: dict[tuple[Any, Any], int] = {}
+    for n, run in enumerate(runs):
+        age[run.get("_id")] = n
+        if run.get("status") == COMPLETE:
+            latest.setdefault((run.get("provider"), run.get("region")), n)
+    return [e for e in entries
+            if (key := (e.get("provider"), e.get("region"))) in latest
+            and age.get(e.get("last_run_id"), len(age)) > latest[key]]

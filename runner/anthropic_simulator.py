@@ -234,9 +234,11 @@ class AnthropicHandler(SSEHandler):
             if plan.deltas:
                 self._close_block(event, plan.deltas[-1])
             if not (faulty and b.no_finish):
+                # send_usage False: a gateway that drops usage (the runner counts deltas).
+                usage = {"output_tokens": plan.output_tokens} if b.send_usage else {}
                 event("message_delta", {
                     "delta": {"stop_reason": plan.stop_reason, "stop_sequence": None},
-                    "usage": {"output_tokens": plan.output_tokens}})
+                    "usage": usage})
                 if not (faulty and b.options.get("no_message_stop")):
                     event("message_stop", {})
             self.end_stream()

@@ -3,8 +3,9 @@
 Starts an embedded MongoDB-protocol server (nx-27017, data under .demo/), the
 ingest app under gunicorn with a freshly generated key, and the Bedrock
 simulator with its embedded models (two of which fail on purpose); runs
-`bench-runner once` against them; then shows what landed and stops everything
-it started, also on Ctrl-C or an error.
+`bench-runner once` against them; then measures one model of each other
+provider (OpenAI-compatible) on its own simulator, beside Bedrock; then shows
+what landed and stops everything it started, also on Ctrl-C or an error.
 
     python scripts/demo.py                 # simulator, embedded models
     python scripts/demo.py --keep          # leave the services up until Ctrl-C
@@ -39,7 +40,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -217,15 +219,37 @@ def start_ingest(services: Services, mongo_uri: str, key: str) -> str:
     return url
 
 
-def start_simulator(services: Services) -> str:
-    """`bench-runner simulate` with its embedded models; returns its URL."""
+def start_simulator(services: Services, protocol: str = "bedrock") -> str:
+    """`bench-runner simulate --provider protocol` with its embedded models; returns its URL."""
+    what = f"the {protocol} simulator"
     proc, log = services.start(
-        "simulator", [executable("bench-runner"), "simulate", "--port", "0"],
-        dict(os.environ), "simulator.log")
-    port = bound_port(log, r"listening on http://127\.0\.0\.1:(\d+)", "the Bedrock simulator",
-                      proc)
-    wait_until(lambda: port_open(port), "the Bedrock simulator", proc, log)
+        what, [executable("bench-runner"), "simulate", "--provider", protocol, "--port", "0"],
+        dict(os.environ), SIMULATOR_LOGS[protocol])
+    port = bound_port(log, r"listening on http://127\.0\.0\.1:(\d+)", what, proc)
+    wait_until(lambda: port_open(port), what, proc, log)
     return f"http://127.0.0.1:{port}"
+
+
+@dataclass(frozen=True)
+class OtherProvider:
+    """One model of a provider measured beside Bedrock, on that provider's simulator."""
+
+    provider: str  # bench-runner once --provider
+    protocol: str  # bench-runner simulate --provider
+    model: str
+    env: Callable[[str], dict[str, str]]  # the runner's variables, from the simulator's URL
+
+
+# The anthropic provider's entry joins this list once its simulator ships:
+# OtherProvider("anthropic", "anthropic", "<a model of its simulator>", ...).
+OTHER_PROVIDERS = (
+    OtherProvider("openai", "openai-compatible", "sim-chat-fast",
+                  lambda url: {"OPENAI_COMPATIBLE_BASE_URL": f"{url}/v1",
+                               # The simulator takes any key; this one is for the demo only.
+                               "OPENAI_API_KEY": "sk-demo-" + secrets.token_hex(12)}),
+)
+SIMULATOR_LOGS = {"bedrock": "simulator.log",
+                  **{o.protocol: f"simulator-{o.protocol}.log" for o in OTHER_PROVIDERS}}
 
 
 def simulated_models() -> tuple[list[str], set[str]]:
@@ -267,6 +291,24 @@ def runner_env(ingest_url: str, key: str, state_dir: Path, simulator_url: str | 
     return env
 
 
+def measure_other_providers(services: Services, env: dict[str, str]) -> list[str]:
+    """One model of each other provider, each on its own simulator; the models measured."""
+    measured = []
+    for other in OTHER_PROVIDERS:
+        url = start_simulator(services, other.protocol)
+        print(f"simulator       {url}  ({other.protocol})")
+        print(f"\n== bench-runner once --provider {other.provider} --models {other.model} ==",
+              flush=True)
+        run = subprocess.run(  # noqa: S603 - argv built here
+            [executable("bench-runner"), "once", "--provider", other.provider,
+             "--models", other.model],
+            env={**env, **other.env(url)}, cwd=REPO, stdin=subprocess.DEVNULL, check=False,
+            timeout=600)
+        print(f"bench-runner exit code: {run.returncode}")
+        measured.append(other.model)
+    return measured
+
+
 def shown(value: Any) -> Any:
     """A stored value as the demo prints it: dates with their BSON type made visible."""
     if isinstance(value, datetime):
@@ -280,7 +322,8 @@ def dashboard_line(doc: dict[str, Any]) -> str:
     """One stored result's schema v2 figures, as the dashboard reads them."""
     reached = doc.get("time_to_64_visible_tokens_seconds")
     delivered = f"{64 / reached:7.1f} tok/s" if reached else "   none (under 64 visible)"
-    return (f"{doc['model_name']:<24} {doc.get('benchmark_profile_id', '-'):<18} "
+    return (f"{doc['provider']:<8} {doc['model_name']:<24} "
+            f"{doc.get('benchmark_profile_id', '-'):<18} "
             f"{doc.get('sample_role', 'published'):<9} "
             f"tokens {doc.get('generated_output_tokens')}/{doc.get('visible_output_tokens')}/"
             f"{doc.get('reasoning_tokens') or 0}  "
@@ -384,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     for name in ("mongo", "runner-state"):
         shutil.rmtree(workdir / name, ignore_errors=True)
-    for name in ("mongo.log", "ingest.log", "simulator.log"):
+    for name in ("mongo.log", "ingest.log", *SIMULATOR_LOGS.values()):
         (workdir / name).unlink(missing_ok=True)
     state_dir = workdir / "runner-state"
     key = secrets.token_urlsafe(32)
@@ -416,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench-runner exit code: {run.returncode}"
                   + (" (a model failed, as the simulator's defaults intend)"
                      if run.returncode and failing else ""))
+            if not args.real_bedrock:
+                models += measure_other_providers(services, env)
 
             ok = report(mongo_uri, models, failing, state_dir)
             status_page = f"{ingest_url}/"

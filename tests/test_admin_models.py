@@ -268,13 +268,13 @@ def test_configuring_a_model_that_is_not_listed_says_how_to_add_it(cli, mongo_db
 # --- the catalogue the runners posted (models catalogue) -------------------------------
 
 
-def post_catalogue(client, *ids: str, region: str = "us-east-1") -> None:
+def post_catalogue(client, *ids: str, region: str = "us-east-1", complete: bool = True) -> None:
     from datetime import UTC, datetime
 
     from tests.support.ingest import TEST_KEYS
 
     body = {"provider": "bedrock", "region": region, "started_at": datetime.now(UTC).isoformat(),
-            "pagination_complete": True,
+            "pagination_complete": complete,
             "models": [{"model_id": m, "name": m.upper(), "kind": "inference-profile"
                         if m.split(".")[0] in ("us", "eu", "global") else "foundation",
                         "lifecycle_status": "ACTIVE"} for m in ids]}
@@ -319,3 +319,21 @@ def test_catalogue_says_so_when_everything_is_listed(cli, mongo_db, client):
     post_catalogue(client, "sim.fast-v1")
     cli("add", "sim.fast-v1", "--display-name", "Sim Fast")
     assert cli("catalogue").output == "every catalogue entry is listed\n"
+
+
+def test_catalogue_names_the_models_the_latest_complete_listing_no_longer_holds(
+        cli, mongo_db, client):
+    post_catalogue(client, "sim.fast-v1", "sim.old-v1", "sim.spare-v1")
+    post_catalogue(client, "sim.old-v1", region="eu-west-1")
+    cli("add", "sim.old-v1", "--display-name", "Sim Old")
+    # A partial listing proves nothing missing.
+    post_catalogue(client, "sim.fast-v1", complete=False)
+    assert "gone from" not in cli("catalogue").output
+    post_catalogue(client, "sim.fast-v1", "sim.spare-v1")
+    lines = cli("catalogue").output.splitlines()
+    start = lines.index("gone from the provider's catalogue (not in the latest complete "
+                        "listing of its region; disable or deprecate a listed one):")
+    gone = [line.split(" (")[0] for line in lines[start + 1:] if line.startswith("  ")]
+    # Still listed in eu-west-1, gone from us-east-1.
+    assert gone == ["  bedrock/us-east-1: sim.old-v1"]
+    assert "(listed, last seen" in lines[start + 1]

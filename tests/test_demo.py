@@ -45,3 +45,17 @@ def test_real_bedrock_uses_models_from_the_shell_and_says_so_loudly(demo, monkey
     assert failing == set()
     err = capsys.readouterr().err
     assert "BENCHMARK_MODELS" in err and "amazon.nova-micro-v1:0" in err
+
+
+def test_each_other_provider_measures_a_model_its_simulator_serves_without_fault(demo):
+    from runner.openai_simulator import OpenAISimulatorConfig
+    from runner.provider import PROVIDER_CHOICES
+
+    simulators = {"openai-compatible": OpenAISimulatorConfig.default()}
+    assert demo.OTHER_PROVIDERS
+    for other in demo.OTHER_PROVIDERS:
+        assert other.provider in PROVIDER_CHOICES
+        behaviour = simulators[other.protocol].models[other.model]
+        assert behaviour.error is None and behaviour.stream_error is None
+        env = other.env("http://127.0.0.1:1")
+        assert env["OPENAI_COMPATIBLE_BASE_URL"] == "http://127.0.0.1:1/v1"

@@ -354,7 +354,8 @@ def test_demo_stops_everything_it_started_on_ctrl_c(tmp_path):
         out = "".join(lines)
         assert "Ctrl-C stops them" in out, out
         ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", out)]
-        assert len(set(ports)) == 3, out  # database, ingest app, simulator
+        # database, ingest app, the Bedrock and the OpenAI-compatible simulators
+        assert len(set(ports)) == 4, out
         demo.send_signal(signal.SIGINT)
         rest, _ = demo.communicate(timeout=60)
     finally:
@@ -431,3 +432,40 @@ def test_profiles_are_stamped_and_only_published_ones_reach_the_public_collectio
         assert doc["model_name"] in GOOD
     # The table says which profile each row is.
     assert "cloud-reasoning-v1" in proc.stderr
+
+
+def test_bedrock_and_an_openai_compatible_host_store_rows_of_one_shape_in_one_app(
+        sim, openai_sim, killable_mongo, db, db_name, tmp_path):
+    chat = openai_sim({"models": {
+        "sim-chat-a": {"ttft": 0.05, "gap": 0.002, "tokens_per_delta": 1, "output_tokens": 80},
+        "sim-chat-r": {"ttft": 0.05, "gap": 0.002, "tokens_per_delta": 2,
+                       "reasoning_tokens": 16, "output_tokens": 24},
+        "sim-chat-gone": {"error": "model_not_found"},
+    }})
+    with ingest_app(free_port(), killable_mongo.uri, db_name) as url:
+        bedrock_code, _ = run_once(GOOD, url, tmp_path / "bedrock-state")
+        proc = subprocess.run(
+            [BENCH_RUNNER, "once", "--json", "--provider", "together", "--models",
+             "sim-chat-a,sim-chat-r,sim-chat-gone"],
+            env={**runner_env(url, tmp_path / "together-state"), **chat.env,
+                 "TOGETHER_API_KEY": "tgp_" + "z" * 40},
+            capture_output=True, text=True, timeout=120, check=False)
+    assert bedrock_code == ExitCode.OK
+    assert proc.returncode == ExitCode.MODEL_FAILED, proc.stderr
+    stored = {d["model_name"]: d for d in results(db).find({}, {"_id": False})}
+    assert set(stored) == {*GOOD, "sim-chat-a", "sim-chat-r"}
+    # The same fields, but the two only Bedrock has (docs/contract.md section 6).
+    shapes = {frozenset(stored[m]) for m in GOOD}
+    assert shapes == {frozenset(stored["sim-chat-a"]) | {"region", "server_latency_ms"}}
+    chat_row = stored["sim-chat-a"]
+    assert (chat_row["provider"], chat_row["request_mode"]) == (
+        "together", "openai_chat_completions_stream")
+    assert chat_row["runner_id"] == RUNNER_NAME and isinstance(chat_row["run_ts"], datetime)
+    assert chat_row["time_to_64_visible_tokens_seconds"] > chat_row["time_to_first_token"] > 0
+    reasoner = stored["sim-chat-r"]
+    assert (reasoner["visible_output_tokens"], reasoner["reasoning_tokens"]) == (24, 16)
+    assert reasoner["time_to_first_any_token"] < reasoner["time_to_first_token"]
+    failure = errors(db).find_one({"model_name": "sim-chat-gone"})
+    assert (failure["provider"], failure["error_kind"], failure["provider_error_code"]) == (
+        "together", "model_unavailable", "model_not_found")
+    assert "tgp_" not in json.dumps([*stored.values(), failure], default=str)

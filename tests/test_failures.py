@@ -163,3 +163,52 @@ def test_end_of_life_message_refines_a_mid_stream_validation_error():
                                       "Message": "This model version has reached the end of "
                                                  "its life."}}, "ConverseStream")
     assert classify(exc).kind == "model_unavailable"
+
+
+def _http_response(status: int, headers: dict[str, str] | None = None):
+    import httpx2
+
+    request = httpx2.Request("POST", "https://api.example.test/v1/chat/completions")
+    return httpx2.Response(status, headers=headers or {}, request=request)
+
+
+def test_a_cut_connection_is_transient_whichever_client_raised_it():
+    import httpx2
+    import openai
+
+    request = httpx2.Request("POST", "https://api.example.test/v1/messages")
+    # httpx's own error (openai 1.x and anthropic let it escape) and openai 3.x's wrapper.
+    for exc in (httpx2.RemoteProtocolError("peer closed connection without sending complete "
+                                           "message body", request=request),
+                openai.APIConnectionError(request=request)):
+        c = classify(exc)
+        assert (c.kind, c.retryable) == ("transient", True), type(exc)
+
+
+def test_vendor_status_errors_keep_their_code_status_request_id_and_retry_after():
+    import openai
+
+    response = _http_response(429, {"x-request-id": "req_1", "retry-after": "7"})
+    exc = openai.RateLimitError("Rate limit reached", response=response,
+                                body={"message": "Rate limit reached", "type": "requests",
+                                      "code": "rate_limit_exceeded"})
+    c = classify(exc)
+    assert (c.kind, c.code, c.http_status, c.request_id, c.retry_after) == (
+        "throttled", "rate_limit_exceeded", 429, "req_1", 7.0)
+
+
+@pytest.mark.parametrize(("status", "error_type", "kind"), [
+    (529, "overloaded_error", "transient"),
+    (200, "overloaded_error", "transient"),  # a mid-stream error: only the body says what
+    (401, "authentication_error", "auth"),
+    (404, "not_found_error", "model_unavailable"),
+    (400, "invalid_request_error", "invalid_request"),
+])
+def test_anthropic_errors_are_classified_by_the_type_in_their_body(status, error_type, kind):
+    import anthropic
+
+    body = {"type": "error", "error": {"type": error_type, "message": "m"}}
+    exc = anthropic.APIStatusError("m", response=_http_response(status, {"request-id": "r2"}),
+                                   body=body)
+    c = classify(exc)
+    assert (c.kind, c.code, c.request_id) == (kind, error_type, "r2")

@@ -214,3 +214,34 @@ def test_a_database_that_is_down_answers_503_and_the_next_post_stores(killable_m
         again = requests.post(url, json=body, headers=RUNNER_A, timeout=10)
         assert again.status_code == 201
         assert again.json()["counts"] == {"models": 1, "new": 0, "seen": 1}
+
+
+def test_concurrent_posts_of_one_catalogue_leave_one_entry_per_model(mongo_uri, mongo_db_name,
+                                                                      mongo_db):
+    import threading
+
+    import requests
+
+    env = gunicorn_env(mongo_uri, mongo_db_name)
+    body = listing(*[entry(f"sim.m{i:02d}-v1") for i in range(20)])
+    answers: list[dict] = []
+    with start_gunicorn(env, workers=2, threads=4) as server:
+        gate = threading.Barrier(8)
+
+        def post() -> None:
+            gate.wait()
+            answer = requests.post(f"{server.url}/ingest/catalog", json=body, headers=RUNNER_A,
+                                   timeout=30)
+            answers.append({**answer.json(), "code": answer.status_code})
+
+        threads = [threading.Thread(target=post) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert [a["code"] for a in answers] == [201] * 8, answers
+    assert mongo_db[CATALOG].count_documents({}) == 20
+    assert mongo_db[RUNS].count_documents({}) == 8
+    # Each entry was first seen by exactly one of the posts.
+    assert sum(a["counts"]["new"] for a in answers) == 20
+    assert all(a["counts"]["models"] == 20 for a in answers)
