@@ -4,7 +4,7 @@ Starts an embedded MongoDB-protocol server (nx-27017, data under .demo/), the
 ingest app under gunicorn with a freshly generated key, and the Bedrock
 simulator with its embedded models (two of which fail on purpose); runs
 `bench-runner once` against them; then measures one model of each other
-provider (OpenAI-compatible) on its own simulator, beside Bedrock; then shows
+provider (OpenAI-compatible, Anthropic) on its own simulator, beside Bedrock; then shows
 what landed and stops everything it started, also on Ctrl-C or an error.
 
     python scripts/demo.py                 # simulator, embedded models
@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO))
 
 import pymongo  # noqa: E402 - after the path: the demo runs from a checkout
 
+from runner.anthropic_simulator import DEFAULT_KEY as ANTHROPIC_SIM_KEY  # noqa: E402
 from runner.simulator import GEO_PREFIXES, SimulatorConfig  # noqa: E402
 
 DB_NAME = "llm-bench"
@@ -240,13 +241,16 @@ class OtherProvider:
     env: Callable[[str], dict[str, str]]  # the runner's variables, from the simulator's URL
 
 
-# The anthropic provider's entry joins this list once its simulator ships:
-# OtherProvider("anthropic", "anthropic", "<a model of its simulator>", ...).
 OTHER_PROVIDERS = (
     OtherProvider("openai", "openai-compatible", "sim-chat-fast",
                   lambda url: {"OPENAI_COMPATIBLE_BASE_URL": f"{url}/v1",
                                # The simulator takes any key; this one is for the demo only.
                                "OPENAI_API_KEY": "sk-demo-" + secrets.token_hex(12)}),
+    # A model that thinks first: its thinking deltas are reasoning, never visible tokens.
+    OtherProvider("anthropic", "anthropic", "claude-sim-thinker",
+                  lambda url: {"ANTHROPIC_BASE_URL": url,
+                               # The key the simulator's default config accepts.
+                               "ANTHROPIC_API_KEY": ANTHROPIC_SIM_KEY}),
 )
 SIMULATOR_LOGS = {"bedrock": "simulator.log",
                   **{o.protocol: f"simulator-{o.protocol}.log" for o in OTHER_PROVIDERS}}
@@ -322,7 +326,7 @@ def dashboard_line(doc: dict[str, Any]) -> str:
     """One stored result's schema v2 figures, as the dashboard reads them."""
     reached = doc.get("time_to_64_visible_tokens_seconds")
     delivered = f"{64 / reached:7.1f} tok/s" if reached else "   none (under 64 visible)"
-    return (f"{doc['provider']:<8} {doc['model_name']:<24} "
+    return (f"{doc['provider']:<9} {doc['model_name']:<24} "
             f"{doc.get('benchmark_profile_id', '-'):<18} "
             f"{doc.get('sample_role', 'published'):<9} "
             f"tokens {doc.get('generated_output_tokens')}/{doc.get('visible_output_tokens')}/"

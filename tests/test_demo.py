@@ -48,14 +48,21 @@ def test_real_bedrock_uses_models_from_the_shell_and_says_so_loudly(demo, monkey
 
 
 def test_each_other_provider_measures_a_model_its_simulator_serves_without_fault(demo):
+    from runner.anthropic_simulator import AnthropicSimulatorConfig
     from runner.openai_simulator import OpenAISimulatorConfig
     from runner.provider import PROVIDER_CHOICES
 
-    simulators = {"openai-compatible": OpenAISimulatorConfig.default()}
-    assert demo.OTHER_PROVIDERS
+    simulators = {"openai-compatible": OpenAISimulatorConfig.default(),
+                  "anthropic": AnthropicSimulatorConfig.default()}
+    assert {o.provider for o in demo.OTHER_PROVIDERS} == {"openai", "anthropic"}
     for other in demo.OTHER_PROVIDERS:
         assert other.provider in PROVIDER_CHOICES
         behaviour = simulators[other.protocol].models[other.model]
         assert behaviour.error is None and behaviour.stream_error is None
         env = other.env("http://127.0.0.1:1")
-        assert env["OPENAI_COMPATIBLE_BASE_URL"] == "http://127.0.0.1:1/v1"
+        if other.provider == "anthropic":
+            # The key the simulator accepts, or the run would stop at its warm-up.
+            assert env == {"ANTHROPIC_BASE_URL": "http://127.0.0.1:1",
+                           "ANTHROPIC_API_KEY": simulators["anthropic"].api_key}
+        else:
+            assert env["OPENAI_COMPATIBLE_BASE_URL"] == "http://127.0.0.1:1/v1"
