@@ -469,3 +469,41 @@ def test_bedrock_and_an_openai_compatible_host_store_rows_of_one_shape_in_one_ap
     assert (failure["provider"], failure["error_kind"], failure["provider_error_code"]) == (
         "together", "model_unavailable", "model_not_found")
     assert "tgp_" not in json.dumps([*stored.values(), failure], default=str)
+
+
+def test_bedrock_and_anthropic_store_rows_of_one_shape_in_one_app(
+        sim, anthropic_sim, killable_mongo, db, db_name, tmp_path):
+    claude = anthropic_sim({"models": {
+        "claude-e2e-a": {"ttft": 0.05, "gap": 0.002, "tokens_per_delta": 1,
+                         "output_tokens": 80},
+        "claude-e2e-t": {"ttft": 0.05, "gap": 0.002, "tokens_per_delta": 2,
+                         "reasoning_tokens": 16, "output_tokens": 24},
+        "claude-e2e-busy": {"error": "overloaded", "retry_after": 0},
+    }})
+    with ingest_app(free_port(), killable_mongo.uri, db_name) as url:
+        bedrock_code, _ = run_once(GOOD, url, tmp_path / "bedrock-state")
+        proc = subprocess.run(
+            [BENCH_RUNNER, "once", "--json", "--provider", "anthropic", "--models",
+             "claude-e2e-a,claude-e2e-t,claude-e2e-busy"],
+            env={**runner_env(url, tmp_path / "anthropic-state"), **claude.env},
+            capture_output=True, text=True, timeout=120, check=False)
+    assert bedrock_code == ExitCode.OK
+    assert proc.returncode == ExitCode.MODEL_FAILED, proc.stderr
+    stored = {d["model_name"]: d for d in results(db).find({}, {"_id": False})}
+    assert set(stored) == {*GOOD, "claude-e2e-a", "claude-e2e-t"}
+    # The same fields, but the two only Bedrock has (docs/contract.md section 6).
+    shapes = {frozenset(stored[m]) for m in GOOD}
+    assert shapes == {frozenset(stored["claude-e2e-a"]) | {"region", "server_latency_ms"}}
+    row = stored["claude-e2e-a"]
+    assert (row["provider"], row["request_mode"]) == ("anthropic", "anthropic_messages_stream")
+    assert row["temperature"] is None  # anthropic-version 2026-10-21 takes none
+    assert row["time_to_64_visible_tokens_seconds"] > row["time_to_first_token"] > 0
+    thinker = stored["claude-e2e-t"]
+    assert (thinker["visible_output_tokens"], thinker["reasoning_tokens"]) == (24, 16)
+    assert thinker["time_to_first_any_token"] < thinker["time_to_first_token"]
+    failure = errors(db).find_one({"model_name": "claude-e2e-busy"})
+    assert (failure["provider"], failure["error_kind"], failure["provider_error_code"],
+            failure["http_status"], failure["attempts"]) == (
+        "anthropic", "transient", "overloaded_error", 529, 3)
+    assert claude.env["ANTHROPIC_API_KEY"] not in json.dumps([*stored.values(), failure],
+                                                             default=str) + proc.stderr
