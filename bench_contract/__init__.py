@@ -124,6 +124,7 @@ RESULT_OPTIONAL = (
     "attempts",
     "chunk_count",
     "reasoning_tokens",
+    "reasoning_effort",
     "metrics_schema_version",
     "request_mode",
     "ttft_available",

@@ -216,6 +216,7 @@ class ResultSchema(StrictSchema):
     attempts = StrictInteger(validate=validate.Range(min=1))
     chunk_count = StrictInteger(validate=_NON_NEGATIVE)
     reasoning_tokens = StrictInteger(allow_none=True, validate=_NON_NEGATIVE)
+    reasoning_effort = _text(64, allow_none=True)
     metrics_schema_version = StrictInteger(
         validate=validate.Equal(contract.METRICS_SCHEMA_VERSION))
     request_mode = StrictString(validate=validate.OneOf(contract.REQUEST_MODES))

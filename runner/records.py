@@ -81,6 +81,8 @@ class Result:
     attempts: int = 1
     chunk_count: int | None = None
     reasoning_tokens: int | None = None
+    # What the request asked of a reasoning model (a thinking budget, an effort), or null.
+    reasoning_effort: str | None = None
     metrics_schema_version: int = contract.METRICS_SCHEMA_VERSION
     request_mode: str = contract.BEDROCK_MODE  # each provider sets its own
     ttft_available: bool | None = None
@@ -110,7 +112,7 @@ class Result:
         """
         out = _payload(self)
         for name in ("time_to_first_token", "time_to_first_any_token",
-                     "decode_tokens_per_second", "temperature",
+                     "decode_tokens_per_second", "temperature", "reasoning_effort",
                      "time_to_64_visible_tokens_seconds"):
             out.setdefault(name, None)
         return out
