@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -63,6 +63,19 @@ PRE_STREAM_ERRORS: dict[str, tuple[int, str, str]] = {
     "service_unavailable": (503, "ServiceUnavailableException",
                             "The service is temporarily unable to handle the request."),
 }
+
+# Bedrock's own words for the request settings a model refuses (400 ValidationException),
+# as Bedrock passes on Anthropic's refusal.
+TEMPERATURE_REFUSED = ("The model returned the following errors: `temperature` is "
+                       "deprecated for this model.")
+TEMPERATURE_WITH_THINKING = ("The model returned the following errors: temperature may only "
+                             "be set to 1 when thinking is enabled.")
+FIELD_REFUSED = ("The model returned the following errors: {field}: Extra inputs are not "
+                 "permitted")
+INVALID_MODEL_ID = "The provided model identifier is invalid."
+# The region a SigV4 request is signed for: Credential=<key id>/<date>/<region>/<service>/...
+_SIGNED_REGION = re.compile(r"Credential=[^/,\s]+/\d{8}/([a-z0-9-]+)/")
+REQUESTS_KEPT = 1000
 
 # Exceptions sent mid-stream: camelCase, as Bedrock sends them and botocore expects.
 STREAM_ERRORS: dict[str, str] = {
@@ -120,6 +133,13 @@ class ModelBehaviour:
     stall_before_headers: bool = False  # stall before the response headers instead
     corrupt_after_deltas: int | None = None  # send a message with a bad CRC at this point
     fail_first_calls: int | None = None  # faults apply to the first N calls only (None: all)
+    # Request settings: a model that refuses any temperature (Claude Opus 4.7 and later);
+    # one that takes a `thinking` block in additionalModelRequestFields and then reasons
+    # first (`reasoning_tokens` of it), refusing a temperature other than 1 beside it.
+    refuses_temperature: bool = False
+    thinking: bool = False
+    # The regions that offer it (empty: every region); elsewhere its id is invalid.
+    regions: tuple[str, ...] = ()
     # What the control plane lists about it.
     name: str | None = None
     vendor: str = "Simulated"
@@ -141,6 +161,17 @@ class ModelBehaviour:
         if min(self.ttft, self.gap, self.stall_seconds) < 0:
             raise ValueError("ttft, gap and stall_seconds cannot be negative")
         object.__setattr__(self, "output_modalities", tuple(self.output_modalities))
+        object.__setattr__(self, "regions", tuple(self.regions))
+
+    def offered_in(self, region: str | None) -> bool:
+        """Whether a call signed for `region` finds this model."""
+        return not self.regions or region is None or region in self.regions
+
+    def as_asked(self, thinking: bool) -> ModelBehaviour:
+        """The behaviour for one request: a thinking model reasons only when asked to."""
+        if self.thinking and not thinking:
+            return dataclasses.replace(self, reasoning_tokens=0)
+        return self
 
 
 @dataclass(frozen=True)
@@ -221,10 +252,24 @@ class StreamPlan:
 
 
 @dataclass(frozen=True)
+class CatalogBehaviour:
+    """How the control plane pages ListInferenceProfiles, and where it fails."""
+
+    page_size: int | None = None  # at most this many profiles a page, whatever is asked
+    fail_page: int | None = None  # this page (1-based) answers 500, once per page_fail_times
+    fail_times: int | None = None  # None: every time
+
+    def __post_init__(self) -> None:
+        if self.page_size is not None and self.page_size < 1:
+            raise ValueError("catalog page_size must be at least 1")
+
+
+@dataclass(frozen=True)
 class SimulatorConfig:
     """Per-model behaviour of the simulator, keyed by the exact model id a client sends."""
 
     models: Mapping[str, ModelBehaviour] = field(default_factory=dict)
+    catalog: CatalogBehaviour = field(default_factory=CatalogBehaviour)
 
     @classmethod
     def default(cls) -> SimulatorConfig:
@@ -248,10 +293,13 @@ class SimulatorConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SimulatorConfig:
-        """Build from `{"models": {model_id: {field: value}}}`; unknown fields are an error."""
+        """Build from `{"models": {model_id: {field: value}}, "catalog": {...}}`.
+
+        Unknown fields are an error.
+        """
         known = {f.name for f in dataclasses.fields(ModelBehaviour)}
         models: dict[str, ModelBehaviour] = {}
-        extra = set(data) - {"models"}
+        extra = set(data) - {"models", "catalog"}
         if extra:
             raise ValueError(f"unknown simulator config keys: {sorted(extra)}")
         for model_id, spec in dict(data.get("models", {})).items():
@@ -259,7 +307,11 @@ class SimulatorConfig:
             if unknown:
                 raise ValueError(f"model {model_id}: unknown fields {sorted(unknown)}")
             models[model_id] = ModelBehaviour(**spec)
-        return cls(models=models)
+        catalog = dict(data.get("catalog") or {})
+        unknown = set(catalog) - {f.name for f in dataclasses.fields(CatalogBehaviour)}
+        if unknown:
+            raise ValueError(f"catalog: unknown fields {sorted(unknown)}")
+        return cls(models=models, catalog=CatalogBehaviour(**catalog))
 
     @classmethod
     def from_file(cls, path: Path | str) -> SimulatorConfig:
@@ -268,11 +320,15 @@ class SimulatorConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form that `from_dict` reads back."""
-        return {"models": {k: dataclasses.asdict(v) for k, v in self.models.items()}}
+        return {"models": {k: dataclasses.asdict(v) for k, v in self.models.items()},
+                "catalog": dataclasses.asdict(self.catalog)}
 
-    def plan(self, model_id: str, max_tokens: int) -> StreamPlan:
-        """The deltas a successful call of `model_id` with `max_tokens` sends, with offsets."""
-        return _plan(self.models[model_id], max(0, max_tokens))
+    def plan(self, model_id: str, max_tokens: int, *, thinking: bool = False) -> StreamPlan:
+        """The deltas a successful call of `model_id` with `max_tokens` sends, with offsets.
+
+        `thinking`: the request carried a `thinking` block (a thinking model reasons then).
+        """
+        return _plan(self.models[model_id].as_asked(thinking), max(0, max_tokens))
 
 
 @functools.lru_cache(maxsize=256)
@@ -316,11 +372,16 @@ class SimulatorServer(ThreadingHTTPServer):
         self.calls: Counter[str] = Counter()
         self.connections = 0
         self.streams: OrderedDict[str, dict[str, float]] = OrderedDict()
+        # What each runtime call asked (model, region, temperature, extra fields), newest last.
+        self.requests: deque[dict[str, Any]] = deque(maxlen=REQUESTS_KEPT)
+        self.profile_page_failures: Counter[int] = Counter()
         # Plans count tokens after every delta; make the profiles' ones now, not inside a call.
         for model_id, behaviour in config.models.items():
             if behaviour.error is None:
                 for budget in PLANNED_BUDGETS:
                     config.plan(model_id, budget)
+                    if behaviour.thinking:
+                        config.plan(model_id, budget, thinking=True)
         super().__init__(address, _Handler)
 
     def count_call(self, model_id: str) -> int:
@@ -357,7 +418,22 @@ class SimulatorServer(ThreadingHTTPServer):
         """Calls per model, connections used, and the lateness of recent streams (seconds)."""
         with self._lock:
             return {"calls": dict(self.calls), "connections": self.connections,
-                    "streams": dict(self.streams)}
+                    "streams": dict(self.streams), "requests": list(self.requests)}
+
+    def record_request(self, entry: dict[str, Any]) -> None:
+        """Keep what one runtime call asked."""
+        with self._lock:
+            self.requests.append(entry)
+
+    def fail_profile_page(self, page: int) -> bool:
+        """Whether ListInferenceProfiles' page `page` (1-based) fails this time."""
+        catalog = self.config.catalog
+        if catalog.fail_page != page:
+            return False
+        with self._lock:
+            self.profile_page_failures[page] += 1
+            return catalog.fail_times is None or \
+                self.profile_page_failures[page] <= catalog.fail_times
 
     def shutdown(self) -> None:
         """Stop serving and wake every stalled stream so its thread ends."""
@@ -389,10 +465,16 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         if parts.path != "/_simulator/stats":
             self._note_connection()
+        region = self._signed_region()
         if parts.path == "/foundation-models":
-            self._send_json(200, {"modelSummaries": self._foundation_models()})
+            self._send_json(200, {"modelSummaries": self._foundation_models(region)})
         elif parts.path == "/inference-profiles":
-            self._send_json(200, self._inference_profiles(parse_qs(parts.query)))
+            answer = self._inference_profiles(parse_qs(parts.query), region)
+            if answer is None:
+                self._send_error(500, "InternalServerException",
+                                 "The server encountered an internal error.")
+            else:
+                self._send_json(200, answer)
         elif parts.path == "/_simulator/stats":
             self._send_json(200, self.server.stats())
         else:
@@ -409,35 +491,54 @@ class _Handler(BaseHTTPRequestHandler):
         model_id = unquote(match["model"])
         try:
             request = json.loads(body or b"{}")
-            max_tokens = int(request.get("inferenceConfig", {}).get("maxTokens", 4096))
+            inference = request.get("inferenceConfig", {})
+            max_tokens = int(inference.get("maxTokens", 4096))
+            extra = request.get("additionalModelRequestFields")
+            if extra is not None and not isinstance(extra, dict):
+                raise TypeError("additionalModelRequestFields is not an object")
         except (ValueError, TypeError, AttributeError):
             self._send_error(400, "ValidationException", "Malformed input request.")
             return
+        region = self._signed_region()
+        self.server.record_request({
+            "model": model_id, "op": match["op"], "region": region,
+            "inferenceConfig": inference, "additionalModelRequestFields": extra})
         call_no = self.server.count_call(model_id)
         behaviour = self.server.config.models.get(model_id)
-        if behaviour is None:
-            self._answer_unknown(model_id)
+        if behaviour is None or not behaviour.offered_in(region):
+            self._answer_unknown(model_id, region)
+            return
+        refusal = _refused_settings(behaviour, inference, extra or {})
+        if refusal:
+            self._send_error(400, "ValidationException", refusal)
             return
         faulty = behaviour.fail_first_calls is None or call_no <= behaviour.fail_first_calls
         if faulty and behaviour.error:
             status, name, message = PRE_STREAM_ERRORS[behaviour.error]
             self._send_error(status, name, message.format(model_id=model_id))
             return
-        plan = self.server.config.plan(model_id, max_tokens)
+        thinking = isinstance((extra or {}).get("thinking"), dict)
+        plan = self.server.config.plan(model_id, max_tokens, thinking=thinking)
+        behaviour = behaviour.as_asked(thinking)
         if match["op"] == "converse":
             self._converse(behaviour, plan, received, faulty)
         else:
             self._converse_stream(behaviour, plan, received, faulty)
 
-    def _answer_unknown(self, model_id: str) -> None:
+    def _signed_region(self) -> str | None:
+        """The region the request was signed for (SigV4's credential scope), if signed."""
+        found = _SIGNED_REGION.search(self.headers.get("Authorization", ""))
+        return found.group(1) if found else None
+
+    def _answer_unknown(self, model_id: str, region: str | None = None) -> None:
         # A bare id whose cross-region profile exists: Bedrock refuses on-demand calls.
         models = self.server.config.models
-        if any(p + model_id in models for p in GEO_PREFIXES):
+        if any(p + model_id in models and models[p + model_id].offered_in(region)
+               for p in GEO_PREFIXES):
             _, name, message = PRE_STREAM_ERRORS["on_demand_not_supported"]
             self._send_error(400, name, message.format(model_id=model_id))
         else:
-            self._send_error(400, "ValidationException",
-                             "The provided model identifier is invalid.")
+            self._send_error(400, "ValidationException", INVALID_MODEL_ID)
 
     # Runtime answers
 
@@ -545,10 +646,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     # Control plane
 
-    def _foundation_models(self) -> list[dict[str, Any]]:
+    def _foundation_models(self, region: str | None) -> list[dict[str, Any]]:
         models = self.server.config.models
         summaries: dict[str, dict[str, Any]] = {}
         for model_id, b in models.items():
+            if not b.offered_in(region):
+                continue
             base = _strip_geo(model_id)
             on_demand = base in models and models[base].error != "on_demand_not_supported"
             summaries.setdefault(base, {
@@ -565,7 +668,9 @@ class _Handler(BaseHTTPRequestHandler):
             })
         return list(summaries.values())
 
-    def _inference_profiles(self, query: Mapping[str, list[str]]) -> dict[str, Any]:
+    def _inference_profiles(self, query: Mapping[str, list[str]],
+                            region: str | None) -> dict[str, Any] | None:
+        """One page of the system profiles offered in `region`; None when the page fails."""
         profiles = [
             {
                 "inferenceProfileName": f"US {b.name or _strip_geo(model_id)}",
@@ -579,10 +684,14 @@ class _Handler(BaseHTTPRequestHandler):
                 "type": "SYSTEM_DEFINED",
             }
             for model_id, b in self.server.config.models.items()
-            if model_id != _strip_geo(model_id)
+            if model_id != _strip_geo(model_id) and b.offered_in(region)
         ]
         start = int(query.get("nextToken", ["0"])[0] or 0)
         size = int(query.get("maxResults", ["1000"])[0] or 1000)
+        if self.server.config.catalog.page_size:
+            size = min(size, self.server.config.catalog.page_size)
+        if self.server.fail_profile_page(start // size + 1):
+            return None
         answer: dict[str, Any] = {"inferenceProfileSummaries": profiles[start:start + size]}
         if start + size < len(profiles):
             answer["nextToken"] = str(start + size)
@@ -617,6 +726,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("x-amzn-ErrorType", f"{error_type}:http://internal.amazon.com/coral/")
         self.end_headers()
         self.wfile.write(raw)
+
+
+def _refused_settings(b: ModelBehaviour, inference: Mapping[str, Any],
+                      extra: Mapping[str, Any]) -> str | None:
+    """Bedrock's refusal of a request's settings for model `b`, or None when it takes them."""
+    if "temperature" in inference and b.refuses_temperature:
+        return TEMPERATURE_REFUSED
+    if "thinking" in extra:
+        if not b.thinking:
+            return FIELD_REFUSED.format(field="thinking")
+        if inference.get("temperature", 1) != 1:
+            return TEMPERATURE_WITH_THINKING
+    unknown = sorted(set(extra) - {"thinking"})
+    if unknown:
+        return FIELD_REFUSED.format(field=unknown[0])
+    return None
 
 
 def _strip_geo(model_id: str) -> str:

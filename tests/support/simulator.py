@@ -36,6 +36,10 @@ class SimulatorHandle:
         with urllib.request.urlopen(f"{self.url}/_simulator/stats", timeout=5) as answer:
             return json.load(answer)
 
+    def requests(self, model_id: str) -> list[dict[str, Any]]:
+        """What each runtime call of `model_id` asked: region, inferenceConfig, extra fields."""
+        return [r for r in self.stats()["requests"] if r["model"] == model_id]
+
     def calls(self, model_id: str) -> int:
         """How many runtime calls `model_id` received."""
         return self.stats()["calls"].get(model_id, 0)
