@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,9 +29,10 @@ from .failures import CallDeadlineExceeded, Classification, classify
 from .measuring import AttemptFailed as _AttemptFailed
 from .measuring import Stream as _Stream
 from .measuring import backoff_delay, decode_speed, misc, since, summary, visible_tokens
-from .provider import CatalogEntry, SetupError
+from .provider import CatalogEntry, Listing, SetupError
 from .records import Failure, Profile, Result
 from .visible_tokens import EncodingUnavailable, encoding
+from .worklist import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,30 @@ _CREDENTIAL_CODES = frozenset({
 # re-warm before the timer rather than reconnect inside it.
 IDLE_REWARM_SECONDS = 15.0
 WARM_ROUNDS = 3
+
+
+@dataclass
+class _Regional:
+    """One region's bedrock-runtime client and when its pool was last used."""
+
+    region: str
+    runtime: Any
+    last_used: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """What one model is asked, and through which region's client."""
+
+    model_id: str
+    profile: Profile
+    request: ModelSettings
+    client: _Regional
+
+    @property
+    def temperature(self) -> float | None:
+        """The temperature sent: None when the profile or the model leaves it out."""
+        return None if self.request.omit_temperature else self.profile.temperature
 
 
 class BedrockProvider:
@@ -69,10 +95,10 @@ class BedrockProvider:
         self._lock = threading.Lock()
         self._session: boto3.session.Session | None = None
         self._credentials: Any = None
-        self._runtime: Any = None
+        # One warm client per region called; the runner's own region is made by warm().
+        self._clients: dict[str, _Regional] = {}
         self._control: Any = None
         self._sent = threading.local()
-        self._last_used = time.monotonic()
 
     # Set-up
 
@@ -88,30 +114,62 @@ class BedrockProvider:
         except EncodingUnavailable as exc:
             raise SetupError(str(exc), kind="invalid_request") from exc
         with self._lock:
-            if self._runtime is None:
-                self._runtime = self._create_runtime()
-                fresh = True
-            else:
-                fresh = False
+            self._resolve_session()
+            assert self.region is not None
+            fresh = self.region not in self._clients
+            if fresh:
+                self._clients[self.region] = self._create_runtime(self.region)
+            home = self._clients[self.region]
+            others = [c for c in self._clients.values() if c is not home]
         try:
-            self._warm_connections(self.concurrency, strict=True)
+            self._warm_connections(home, self.concurrency, strict=True)
         except SetupError:
             self.close()
             raise
+        for client in others:
+            # Between daemon cycles every region's pool may have gone cold.
+            self._warm_connections(client, self.concurrency, strict=False)
         if fresh:
             log.info("bedrock ready: region=%s endpoint=%s connections=%d", self.region,
-                     self._runtime.meta.endpoint_url, self.concurrency)
+                     home.runtime.meta.endpoint_url, self.concurrency)
 
-    def _create_runtime(self) -> Any:
+    def prepare(self, regions: Iterable[str | None]) -> None:
+        """Create and warm the client of every region a cycle will call, before any timer.
+
+        The first model of each region is then timed on warm connections, as the first
+        model of the runner's own region is.
+        """
+        for region in dict.fromkeys(regions):
+            self._client(region)
+
+    def _client(self, region: str | None) -> _Regional:
+        """The warm client of `region` (the runner's own when None), made on first use."""
+        if not self._clients:
+            self.warm()
+        region = region or self.region
+        assert region is not None
+        with self._lock:
+            client = self._clients.get(region)
+            fresh = client is None
+            if client is None:
+                client = self._clients[region] = self._create_runtime(region)
+        if fresh:
+            self._warm_connections(client, self.concurrency, strict=False)
+            log.info("bedrock ready: region=%s endpoint=%s connections=%d", region,
+                     client.runtime.meta.endpoint_url, self.concurrency)
+        return client
+
+    def _create_runtime(self, region: str) -> _Regional:
         session = self._resolve_session()
         try:
-            runtime = session.client("bedrock-runtime", config=self._config())
+            runtime = session.client("bedrock-runtime", region_name=region,
+                                     config=self._config(region))
         except BotoCoreError as exc:
-            raise SetupError(f"Cannot create a Bedrock client in {self.region}: {exc}",
+            raise SetupError(f"Cannot create a Bedrock client in {region}: {exc}",
                              kind="invalid_request", exc_type=type(exc).__name__) from exc
         runtime.meta.events.register("before-send.bedrock-runtime.ConverseStream",
                                      self._mark_sent)
-        return runtime
+        return _Regional(region=region, runtime=runtime)
 
     def _resolve_session(self) -> boto3.session.Session:
         if self._session is not None:
@@ -135,9 +193,9 @@ class BedrockProvider:
         self._session, self._credentials = session, credentials
         return session
 
-    def _config(self) -> Config:
+    def _config(self, region: str | None = None) -> Config:
         return Config(
-            region_name=self.region,
+            region_name=region or self.region,
             # botocore would retry throttling and 5xx inside the timed call.
             retries={"mode": "standard", "total_max_attempts": 1},
             # Fewer pooled connections than threads means handshakes inside TTFT.
@@ -147,27 +205,28 @@ class BedrockProvider:
             tcp_keepalive=True,
         )
 
-    def _warm_connections(self, count: int, *, strict: bool) -> None:
+    def _warm_connections(self, client: _Regional, count: int, *, strict: bool) -> None:
         """Leave at least `count` open connections in the pool, made by cheap overlapping calls.
 
         Calls that do not overlap share one connection, so the pool is checked and
         the round repeated a few times if it came up short.
         """
         for _ in range(WARM_ROUNDS):
-            self._warm_round(count, strict=strict)
-            idle = self._idle_connections()
+            self._warm_round(client, count, strict=strict)
+            idle = self._idle_connections(client)
             if idle is None or idle >= count:
                 return
-        log.warning("bedrock warm-up opened %s of %d connections", idle, count)
+        log.warning("bedrock warm-up opened %s of %d connections in %s", idle, count,
+                    client.region)
 
-    def _warm_round(self, count: int, *, strict: bool) -> None:
+    def _warm_round(self, client: _Regional, count: int, *, strict: bool) -> None:
         barrier = threading.Barrier(count)
 
         def call() -> None:
             if count > 1:
                 barrier.wait(timeout=10)
-            self._warm_call(strict=strict)
-            self._last_used = time.monotonic()
+            self._warm_call(client, strict=strict)
+            client.last_used = time.monotonic()
 
         if count == 1:
             call()
@@ -176,20 +235,20 @@ class BedrockProvider:
             for future in [pool.submit(call) for _ in range(count)]:
                 future.result()
 
-    def _idle_connections(self) -> int | None:
+    def _idle_connections(self, client: _Regional) -> int | None:
         """Open connections waiting in the runtime endpoint's pool, if botocore lets us see."""
         try:
-            manager = self._runtime._endpoint.http_session._manager
-            pool = manager.connection_from_url(self._runtime.meta.endpoint_url)
+            manager = client.runtime._endpoint.http_session._manager
+            pool = manager.connection_from_url(client.runtime.meta.endpoint_url)
             return sum(1 for conn in list(pool.pool.queue) if conn is not None)
         except Exception:  # noqa: BLE001 - private internals; without them, trust one round
             return None
 
-    def _warm_call(self, *, strict: bool) -> None:
+    def _warm_call(self, client: _Regional, *, strict: bool) -> None:
         # An unknown model id is refused (400) without being billed, after the TLS
         # handshake and authentication: the connection stays open in the pool.
         try:
-            self._runtime.converse(modelId=WARM_MODEL_ID,
+            client.runtime.converse(modelId=WARM_MODEL_ID,
                                    messages=[{"role": "user", "content": [{"text": "."}]}])
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code")
@@ -199,7 +258,7 @@ class BedrockProvider:
                                  exc_type=type(exc).__name__) from exc
         except BotoCoreError as exc:
             if strict:
-                raise SetupError(f"Cannot reach Bedrock at {self._runtime.meta.endpoint_url}: "
+                raise SetupError(f"Cannot reach Bedrock at {client.runtime.meta.endpoint_url}: "
                                  f"{exc}", kind=classify(exc).kind,
                                  exc_type=type(exc).__name__) from exc
             log.warning("bedrock connection warm-up failed: %s", exc)
@@ -211,10 +270,15 @@ class BedrockProvider:
 
     # Measuring
 
-    def measure(self, model_id: str, profile: Profile) -> Result | Failure:
-        """Measure one model, retrying throttling, transient faults and timeouts a few times."""
-        if self._runtime is None:
-            self.warm()
+    def measure(self, model_id: str, profile: Profile,
+                request: ModelSettings | None = None) -> Result | Failure:
+        """Measure one model, retrying throttling, transient faults and timeouts a few times.
+
+        `request` holds the worklist's settings of the model: temperature left out, extra
+        request fields, the region to call (docs/contract.md section 6).
+        """
+        ask = _Ask(model_id, profile, request or ModelSettings(),
+                   self._client((request or ModelSettings()).region))
         earlier: list[dict[str, Any]] = []
         first_ts: datetime | None = None
         attempt = calls = 0  # `attempts` in a record counts calls actually made
@@ -223,10 +287,10 @@ class BedrockProvider:
         cap_at = time.perf_counter() + self.call_timeout
         while True:
             attempt += 1
-            outcome = self._attempt(model_id, profile, cap_at)
+            outcome = self._attempt(ask, cap_at)
             if isinstance(outcome, _Stream):
                 calls += 1
-                verdict = self._judge(model_id, profile, outcome, calls, earlier)
+                verdict = self._judge(ask, outcome, calls, earlier)
                 if isinstance(verdict, Result):
                     return verdict
                 outcome = verdict
@@ -236,40 +300,44 @@ class BedrockProvider:
             c = outcome.classification
             if c.kind != "budget_exhausted":
                 # A broken attempt may have taken its connection with it.
-                self._warm_connections(1, strict=False)
+                self._warm_connections(ask.client, 1, strict=False)
             delay = self._backoff_delay(attempt, c.kind)
             out_of_time = time.perf_counter() + delay >= cap_at
             if not c.retryable or attempt > self.retries or out_of_time:
                 log.warning("bedrock %s failed: kind=%s code=%s attempts=%d", model_id, c.kind,
                             c.code or c.exc_type, attempt)
-                return self._failure(model_id, profile, outcome, first_ts, calls, earlier)
+                return self._failure(ask, outcome, first_ts, calls, earlier)
             log.warning("bedrock %s attempt %d %s (%s); retrying in %.2f s", model_id, attempt,
                         c.kind, c.code or c.exc_type, delay)
             earlier.append(summary(outcome, attempt))
             self._sleep(delay)
 
-    def _attempt(self, model_id: str, profile: Profile,
-                 cap_at: float) -> _Stream | _AttemptFailed:
+    def _attempt(self, ask: _Ask, cap_at: float) -> _Stream | _AttemptFailed:
         """One timed ConverseStream call, stopped at `cap_at`; a failure comes with its stage."""
+        model_id, profile, client = ask.model_id, ask.profile, ask.client
         inference: dict[str, Any] = {"maxTokens": profile.max_tokens}
-        if profile.temperature is not None:
-            inference["temperature"] = profile.temperature
+        if ask.temperature is not None:
+            inference["temperature"] = ask.temperature
+        extra: dict[str, Any] = {}
+        if ask.request.additional_fields:
+            extra["additionalModelRequestFields"] = dict(ask.request.additional_fields)
         # Refresh near-expiry credentials (instance role) here, not inside the call.
         try:
             self._credentials.get_frozen_credentials()
         except Exception as exc:  # noqa: BLE001 - a refresh failure is this model's failure
             return _AttemptFailed(classify(exc, model_id=model_id), "setup",
                                   datetime.now(UTC), None, called=False)
-        if time.monotonic() - self._last_used > IDLE_REWARM_SECONDS:
-            self._warm_connections(1, strict=False)
+        if time.monotonic() - client.last_used > IDLE_REWARM_SECONDS:
+            self._warm_connections(client, 1, strict=False)
         self._sent.at = None
         called_wall, called = datetime.now(UTC), time.perf_counter()
         stage, request_id, stream, seen = "call", None, None, None
         try:
-            response = self._runtime.converse_stream(
+            response = client.runtime.converse_stream(
                 modelId=model_id,
                 messages=[{"role": "user", "content": [{"text": profile.prompt}]}],
                 inferenceConfig=inference,
+                **extra,
             )
             seen = _Stream(sent=self._sent.at or called,
                            run_ts=self._sent.wall if self._sent.at else called_wall)
@@ -292,11 +360,12 @@ class BedrockProvider:
         finally:
             if stream is not None:
                 stream.close()
-            self._last_used = time.monotonic()
+            client.last_used = time.monotonic()
 
-    def _judge(self, model_id: str, profile: Profile, seen: _Stream, attempts: int,
+    def _judge(self, ask: _Ask, seen: _Stream, attempts: int,
                earlier: list[dict[str, Any]]) -> Result | _AttemptFailed:
         """Turn a complete stream into a Result, or a failure when it cannot be one."""
+        model_id, profile = ask.model_id, ask.profile
         if seen.stop_reason is None:
             return _AttemptFailed(
                 Classification("transient", "the stream ended without messageStop",
@@ -330,10 +399,10 @@ class BedrockProvider:
             output_tokens=output_tokens,
             generate_time=generate_time,
             tokens_per_second=output_tokens / generate_time,
-            region=self.region,
+            region=ask.client.region,
             benchmark_profile_id=profile.profile_id,
             requested_tokens=profile.max_tokens,
-            temperature=profile.temperature,
+            temperature=ask.temperature,
             input_tokens=usage.get("inputTokens"),
             token_source=token_source,
             time_to_first_token=ttft,
@@ -345,6 +414,7 @@ class BedrockProvider:
             attempts=attempts,
             chunk_count=seen.chunks,
             reasoning_tokens=seen.clock.reasoning_tokens() if seen.clock.had_reasoning else None,
+            reasoning_effort=ask.request.reasoning_effort,
             ttft_available=ttft is not None,
             generated_output_tokens=output_tokens,
             visible_output_tokens=visible,
@@ -355,13 +425,13 @@ class BedrockProvider:
             misc=misc(earlier, reasoning_chunks=seen.reasoning_chunks),
         )
 
-    def _failure(self, model_id: str, profile: Profile, failed: _AttemptFailed,
-                 first_ts: datetime, attempts: int, earlier: list[dict[str, Any]]) -> Failure:
+    def _failure(self, ask: _Ask, failed: _AttemptFailed, first_ts: datetime, attempts: int,
+                 earlier: list[dict[str, Any]]) -> Failure:
         c = failed.classification
         return Failure(
-            provider=PROVIDER, model_name=model_id, ts=first_ts, stage=failed.stage,
-            error_kind=c.kind, message=c.message, region=self.region,
-            benchmark_profile_id=profile.profile_id, exc_type=c.exc_type,
+            provider=PROVIDER, model_name=ask.model_id, ts=first_ts, stage=failed.stage,
+            error_kind=c.kind, message=c.message, region=ask.client.region,
+            benchmark_profile_id=ask.profile.profile_id, exc_type=c.exc_type,
             provider_error_code=c.code, http_status=c.http_status,
             request_id=failed.request_id, attempts=attempts, misc=misc(earlier, hint=c.hint),
         )
@@ -374,6 +444,19 @@ class BedrockProvider:
 
     def catalogue(self) -> list[CatalogEntry]:
         """Foundation models with streamed text output, then system inference profiles."""
+        listing = self.listing()
+        if listing.problem and not listing.entries:
+            raise SetupError(listing.problem)
+        return [e for e in listing.entries if e.measurable]
+
+    def listing(self) -> Listing:
+        """Every foundation model and system inference profile, each page of them read.
+
+        ListFoundationModels has no pages; ListInferenceProfiles is read page by page
+        with nextToken. A page that fails ends the listing with what was read, marked
+        incomplete, so the server never takes a partial catalogue for the whole one.
+        """
+        started = datetime.now(UTC)
         with self._lock:
             session = self._resolve_session()
             if self._control is None:
@@ -384,26 +467,50 @@ class BedrockProvider:
                                      f"{exc}") from exc
         try:
             models = self._control.list_foundation_models()["modelSummaries"]
-            profiles = self._list_profiles()
         except (ClientError, BotoCoreError) as exc:
             c = classify(exc)
             raise SetupError(f"Cannot list the Bedrock catalogue in {self.region} "
                              f"({c.kind}): {c.message}") from exc
-        return _catalogue(models, profiles)
+        profiles, problem = self._list_profiles()
+        return Listing(provider=PROVIDER, region=self.region, started_at=started,
+                       entries=_catalogue(models, profiles, every=True),
+                       pagination_complete=problem is None, problem=problem)
 
-    def _list_profiles(self) -> list[dict[str, Any]]:
-        # list_foundation_models is not paged (botocore has no paginator for it).
-        pages = self._control.get_paginator("list_inference_profiles").paginate(
-            typeEquals="SYSTEM_DEFINED", PaginationConfig={"PageSize": 100})
-        return [profile for page in pages for profile in page.get("inferenceProfileSummaries", [])]
+    def _list_profiles(self) -> tuple[list[dict[str, Any]], str | None]:
+        """Every system inference profile, and why the paging stopped early (None: it did not)."""
+        out: list[dict[str, Any]] = []
+        token: str | None = None
+        seen: set[str] = set()
+        pages = 0
+        while True:
+            ask: dict[str, Any] = {"typeEquals": "SYSTEM_DEFINED", "maxResults": 100}
+            if token:
+                ask["nextToken"] = token
+            try:
+                page = self._control.list_inference_profiles(**ask)
+            except (ClientError, BotoCoreError) as exc:
+                c = classify(exc)
+                problem = (f"listing inference profiles stopped after {pages} page(s) "
+                           f"({c.kind}): {c.message}")
+                log.warning("bedrock catalogue: %s", problem)
+                return out, problem
+            pages += 1
+            out.extend(page.get("inferenceProfileSummaries", []))
+            token = page.get("nextToken")
+            if not token:
+                return out, None
+            if token in seen:
+                return out, "listing inference profiles: the same nextToken came back twice"
+            seen.add(token)
 
     def close(self) -> None:
         """Close the clients and their pooled connections."""
         with self._lock:
-            for client in (self._runtime, self._control):
+            for client in [c.runtime for c in self._clients.values()] + [self._control]:
                 if client is not None:
                     client.close()
-            self._runtime = self._control = None
+            self._clients.clear()
+            self._control = None
 
 
 def _record(seen: _Stream, event: dict[str, Any], now: float) -> None:
@@ -436,31 +543,42 @@ def _record(seen: _Stream, event: dict[str, Any], now: float) -> None:
         seen.latency_ms = int(latency) if isinstance(latency, int | float) else None
 
 
-def _catalogue(models: list[dict[str, Any]],
-               profiles: list[dict[str, Any]]) -> list[CatalogEntry]:
-    """Catalogue entries from the control plane's two listings."""
+def _catalogue(models: list[dict[str, Any]], profiles: list[dict[str, Any]], *,
+               every: bool = False) -> list[CatalogEntry]:
+    """Catalogue entries from the control plane's two listings (`every`: non-text ones too)."""
     by_arn = {m.get("modelArn"): m for m in models}
     entries: list[CatalogEntry] = []
     for m in sorted(models, key=lambda m: (m.get("providerName", ""), m["modelId"])):
-        if "TEXT" not in m.get("outputModalities", []) or not m.get("responseStreamingSupported"):
-            continue
-        entries.append(CatalogEntry(
+        streaming = m.get("responseStreamingSupported")
+        entry = CatalogEntry(
             model_id=m["modelId"], name=m.get("modelName") or m["modelId"],
-            vendor=m.get("providerName", ""), kind="foundation", streaming=True,
+            vendor=m.get("providerName", ""), kind="foundation",
+            streaming=streaming if isinstance(streaming, bool) else None,
             needs_profile="ON_DEMAND" not in m.get("inferenceTypesSupported", []),
             status=(m.get("modelLifecycle") or {}).get("status", "UNKNOWN"),
-        ))
+            input_modalities=tuple(m.get("inputModalities", [])),
+            output_modalities=tuple(m.get("outputModalities", [])),
+            inference_types=tuple(m.get("inferenceTypesSupported", [])),
+        )
+        if every or (entry.measurable and entry.streaming):
+            entries.append(entry)
     for p in sorted(profiles, key=lambda p: p["inferenceProfileId"]):
         bases = [by_arn.get(ref.get("modelArn")) for ref in p.get("models", [])]
         known = [b for b in bases if b]
-        if known and not any("TEXT" in b.get("outputModalities", []) for b in known):
+        outputs = tuple(dict.fromkeys(o for b in known for o in b.get("outputModalities", [])))
+        if not every and known and "TEXT" not in outputs:
             continue
         entries.append(CatalogEntry(
             model_id=p["inferenceProfileId"], name=p.get("inferenceProfileName") or
             p["inferenceProfileId"], vendor=known[0].get("providerName", "") if known else "",
             kind="inference-profile",
-            streaming=all(b.get("responseStreamingSupported", True) for b in known),
+            streaming=all(b.get("responseStreamingSupported", True) for b in known)
+            if known else None,
             needs_profile=False, status=p.get("status", "UNKNOWN"),
+            input_modalities=tuple(dict.fromkeys(
+                i for b in known for i in b.get("inputModalities", []))),
+            output_modalities=outputs,
+            inference_types=("INFERENCE_PROFILE",),
         ))
     return entries
 

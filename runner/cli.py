@@ -164,9 +164,12 @@ def _measure_options(profiles_default: str) -> Any:
 
 def _with_measure_options(f: Any, profiles_default: str) -> Any:
     options = [
-        click.option("--models", envvar=cfg.ENV_MODELS, show_envvar=True, default=None,
-                     show_default="none: required",
-                     help="Comma-separated model ids to measure (inference-profile ids too)."),
+        click.option("--models", default=None,
+                     show_default="the server's worklist, else $" + cfg.ENV_MODELS,
+                     help="Comma-separated model ids to measure (inference-profile ids too); "
+                          "wins over the server's worklist and " + cfg.ENV_MODELS + ", which "
+                          "wins over the worklist only with " + cfg.ENV_MODELS_OVERRIDE + "=1 "
+                          "(docs/configuration.md)."),
         _provider_option("Model host to measure."),
         click.option("--region", envvar=cfg.ENV_REGION, show_envvar=True, default=None,
                      show_default="boto3's default (AWS_DEFAULT_REGION or config)",
@@ -248,7 +251,10 @@ def _settings(opts: dict[str, Any], *, need_models: bool, need_delivery: bool) -
 
     keys = ("state_dir", "ingest_url", "models", "provider", "region", "concurrency", "prompt",
             "max_tokens", "temperature", "profile_id", "profiles", "max_pending")
-    settings = cfg.load(**{k: opts[k] for k in keys if k in opts})
+    try:
+        settings = cfg.load(**{k: opts[k] for k in keys if k in opts})
+    except cfg.ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
     if "call_timeout" in opts:
         settings = replace(settings, call_timeout=opts["call_timeout"])
     try:
@@ -277,6 +283,50 @@ def _start(log_level: str, opts: dict[str, Any], *, need_models: bool) -> tuple[
     _configure_logging(log_level)
     settings = _settings(opts, need_models=need_models, need_delivery=True)
     return settings, _outbox(settings)
+
+
+def _no_model_source(opts: dict[str, Any]) -> bool:
+    """True when neither --models, BENCHMARK_MODELS nor a worklist URL could name a model."""
+    import os
+
+    return not (cfg.parse_models(opts.get("models")) or cfg.parse_models(
+        os.environ.get(cfg.ENV_MODELS)) or opts.get("ingest_url")
+        or os.environ.get(cfg.ENV_RUNNER_CONFIG_URL, "").strip())
+
+
+class AuthProblem(click.ClickException):
+    """The ingest API refused the key: one line on stderr, exit code 7, nothing measured."""
+
+    exit_code = int(ExitCode.AUTH)
+
+
+def _worklist(settings: cfg.Settings, cli_models: str | None) -> Any:
+    """Where this run's models come from (runner/worklist.py), printed and logged.
+
+    WorklistRefused (401/403) is raised for the caller to turn into exit 7.
+    """
+    import logging
+    import os
+
+    from .worklist import resolve
+
+    worklist = resolve(settings, cli_models=cli_models,
+                       env_models=os.environ.get(cfg.ENV_MODELS),
+                       override=cfg.truthy(os.environ.get(cfg.ENV_MODELS_OVERRIDE)))
+    logging.getLogger("runner").info("%s", worklist.describe())
+    return worklist
+
+
+def _with_worklist(settings: cfg.Settings, worklist: Any) -> cfg.Settings:
+    """Settings measuring the worklist's models, checked as --models would be."""
+    from dataclasses import replace
+
+    settings = replace(settings, models=worklist.models, model_settings=worklist.metadata)
+    try:
+        settings.check(need_models=bool(worklist.models), need_delivery=True)
+    except cfg.ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+    return settings
 
 
 def _warm_provider(settings: cfg.Settings) -> Any:
@@ -357,9 +407,24 @@ def main() -> None:
 @_log_level_option("warning")
 @click.pass_context
 def once(ctx: click.Context, as_json: bool, log_level: str, **opts: Any) -> None:
-    """Measure each model once, deliver every record, print a summary."""
-    settings, outbox = _start(log_level, opts, need_models=True)
+    """Measure each model once, deliver every record, print a summary.
+
+    The models are --models, else the server's worklist (GET /runner-config), else
+    BENCHMARK_MODELS; the first line on stderr says which.
+    """
+    settings, outbox = _start(log_level, opts, need_models=_no_model_source(opts))
+    from .worklist import WorklistRefused
+
+    try:
+        worklist = _worklist(settings, opts.get("models"))
+    except WorklistRefused as exc:
+        raise AuthProblem(f"{exc}; nothing was measured") from None
+    settings = _with_worklist(settings, worklist)
+    if not worklist.models:
+        _nothing_to_measure(ctx, settings, outbox, worklist, as_json)
     provider = _warm_provider(settings)
+    # After the set-up, so that a configuration error stays the one line it is.
+    click.echo(f"bench-runner: {worklist.describe()}", err=True)
     from .cycle import run_profiles
     from .ingest_client import IngestClient
 
@@ -383,7 +448,8 @@ def once(ctx: click.Context, as_json: bool, log_level: str, **opts: Any) -> None
     if as_json:
         import json
 
-        click.echo(json.dumps({"exit_code": int(code), **report.to_json()}, indent=2))
+        click.echo(json.dumps({"exit_code": int(code), "models_from": worklist.source,
+                               **report.to_json()}, indent=2))
     else:
         click.echo("")
         click.echo(_table(report))
@@ -393,6 +459,34 @@ def once(ctx: click.Context, as_json: bool, log_level: str, **opts: Any) -> None
     if interrupted:
         click.echo("bench-runner: interrupted (Ctrl-C): the models in flight were finished "
                    "and queued; run again to measure the rest", err=True)
+    ctx.exit(int(code))
+
+
+def _nothing_to_measure(ctx: click.Context, settings: cfg.Settings, outbox: Any, worklist: Any,
+                        as_json: bool) -> None:
+    """No model to measure: deliver what waits, say why, exit 0 (the server said so) or 2."""
+    from .ingest_client import IngestClient
+
+    with IngestClient(settings) as client:
+        drained = outbox.drain(client)
+    code = drain_exit_code(drained)
+    if worklist.source == "nowhere":
+        # Neither the server, nor a fresh cached answer, nor BENCHMARK_MODELS.
+        click.echo(f"bench-runner: configuration: no models to measure: {worklist.note} (use "
+                   f"--models or set {cfg.ENV_MODELS})", err=True)
+        code = ExitCode.CONFIG if code == ExitCode.OK else code
+    if worklist.source != "nowhere":  # else the line above says why
+        click.echo(f"bench-runner: {worklist.describe()}", err=True)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"exit_code": int(code), "models_from": worklist.source,
+                               "results": [], "failures": [], "not_measured": [],
+                               "problems": [worklist.note, *drained.problems]}, indent=2))
+    else:
+        click.echo("nothing to measure" + (f": {worklist.note}" if worklist.note else ""))
+    for problem in drained.problems:
+        click.echo(f"bench-runner: {problem}", err=True)
     ctx.exit(int(code))
 
 
@@ -447,55 +541,97 @@ def _restore_signals(previous: dict[int, Any]) -> None:
     {ExitCode.OK: "stopped by SIGTERM or SIGINT",
      ExitCode.CONFIG: "configuration error at start (nothing was called)"}) + "\n\n" + KEY_TEXT)
 @click.option("--interval", type=click.FloatRange(min=0.0), default=60.0,
-              envvar="BENCH_RUNNER_INTERVAL", show_envvar=True,
-              help="Minutes from the start of one cycle to the start of the next.")
+              envvar=cfg.ENV_INTERVAL, show_envvar=True,
+              show_default="the server's interval_minutes, else 60",
+              help="Minutes from the start of one cycle to the start of the next. Given "
+                   "(or set in the environment), it is pinned; else the daemon follows the "
+                   "worklist's interval_minutes.")
 @_measure_options(cfg.DASHBOARD_PROFILES)
 @_log_level_option("info")
-def daemon(interval: float, log_level: str, **opts: Any) -> None:
+@click.pass_context
+def daemon(ctx: click.Context, interval: float, log_level: str, **opts: Any) -> None:
     """Run a cycle every --interval minutes until SIGTERM or SIGINT (for containers).
 
-    A bad cycle is logged and reported, never fatal. It exits on a clean stop, on a
-    configuration error at start, and when the ingest API refuses the key (every later
-    cycle would only dead-letter its records).
+    Each cycle reads the worklist again (GET /runner-config), so a model added, disabled
+    or re-configured on the server is measured accordingly from the next cycle on; the
+    catalogue is posted every BENCH_RUNNER_CATALOG_HOURS. A bad cycle is logged and
+    reported, never fatal. It exits on a clean stop, on a configuration error at start,
+    and when the ingest API refuses the key (every later cycle would only dead-letter
+    its records).
     """
-    settings, outbox = _start(log_level, opts, need_models=True)
+    from click.core import ParameterSource
+
+    settings, outbox = _start(log_level, opts, need_models=_no_model_source(opts))
+    try:
+        catalog_every = cfg.catalog_hours()
+    except cfg.ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+    pinned = ctx.get_parameter_source("interval") not in (ParameterSource.DEFAULT, None)
     provider = _warm_provider(settings)
     import logging
     import signal
 
+    from . import catalog
     from .cycle import report_cycle_failure, run_profiles
     from .failures import describe
     from .ingest_client import IngestClient
+    from .worklist import WorklistRefused
 
     log = logging.getLogger("runner")
     stop = _StopSignal()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    log.info("daemon started models=%s profiles=%s interval_min=%s", ",".join(settings.models),
-             ",".join(p.profile_id for p in settings.profiles), interval)
+    log.info("daemon started profiles=%s interval_min=%s%s catalog_hours=%g",
+             ",".join(p.profile_id for p in settings.profiles), interval,
+             " (pinned)" if pinned else " (until the worklist says)", catalog_every)
     cycles = 0
     code = ExitCode.OK
+    base = settings
     try:
         with IngestClient(settings) as client:
             while not stop.is_set() and code == ExitCode.OK:
                 started = time.monotonic()
+                wait = interval
                 try:
-                    report = run_profiles(
-                        settings, provider, outbox, client, warm=cycles > 0, stop=stop,
-                        on_outcome=lambda o: log.info("%s", _outcome_line(o)))
-                    log.info("cycle %d exit=%d %s", cycles + 1, exit_code(report),
-                             _delivery_line(report))
-                    for problem in report.problems():
+                    worklist = _worklist(base, opts.get("models"))
+                    if not pinned and worklist.interval_minutes:
+                        wait = float(worklist.interval_minutes)
+                    settings = _with_worklist(base, worklist)
+                    if worklist.models:
+                        report = run_profiles(
+                            settings, provider, outbox, client, warm=cycles > 0, stop=stop,
+                            on_outcome=lambda o: log.info("%s", _outcome_line(o)))
+                        log.info("cycle %d exit=%d %s", cycles + 1, exit_code(report),
+                                 _delivery_line(report))
+                        problems, refused = report.problems(), report.delivery.auth_refused
+                    else:
+                        drained = outbox.drain(client)
+                        log.warning("cycle %d: nothing to measure: %s", cycles + 1,
+                                    worklist.note or "no models")
+                        problems, refused = drained.problems, drained.auth_refused
+                    for problem in problems:
                         log.warning("cycle %d: %s", cycles + 1, problem)
-                    if report.delivery.auth_refused:
+                    if refused:
                         code = ExitCode.AUTH
+                    elif catalog.due(settings, catalog_every):
+                        posted = catalog.post(settings, provider, client)
+                        # Not stored: tried again next cycle; the records are not touched.
+                        (log.info if posted.ok else log.warning)("%s", posted.describe())
+                except WorklistRefused as exc:
+                    log.error("cycle %d: %s", cycles + 1, exc)
+                    code = ExitCode.AUTH
+                except ConfigProblem as exc:
+                    # A worklist naming something that is not a model id: this cycle only.
+                    log.error("cycle %d: %s; the next one runs on schedule", cycles + 1,
+                              exc.message)
                 except Exception as exc:  # noqa: BLE001 - one bad cycle must not end the daemon
                     log.error("cycle %d failed; the next one runs on schedule: %s", cycles + 1,
                               describe(exc))
                     report_cycle_failure(settings, outbox, exc, client)
                 cycles += 1
                 if code == ExitCode.OK:
-                    stop.wait(max(0.0, interval * 60 - (time.monotonic() - started)))
+                    log.info("next cycle in %g min", wait)
+                    stop.wait(max(0.0, wait * 60 - (time.monotonic() - started)))
     finally:
         provider.close()
     log.info("daemon stopped after %d cycle(s)", cycles)
@@ -511,12 +647,24 @@ def daemon(interval: float, log_level: str, **opts: Any) -> None:
               show_default="boto3's default (AWS_DEFAULT_REGION or config)",
               help="AWS region whose catalogue to list (bedrock only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the catalogue as JSON.")
-def models_command(provider: str, region: str | None, as_json: bool) -> None:
+@click.option("--post", is_flag=True,
+              help="Instead of printing it, send the whole catalogue (every model and "
+                   "profile, text or not) to the ingest API's POST /ingest/catalog, with the "
+                   "runner's key.")
+@_ingest_url_option
+@_state_dir_option
+@click.pass_context
+def models_command(ctx: click.Context, provider: str, region: str | None, as_json: bool,
+                   post: bool, ingest_url: str | None, state_dir: Path | None) -> None:
     """List the models you can measure (text output, streaming) and inference profiles."""
     import dataclasses
     import json
 
     from .provider import SetupError, get_provider
+
+    if post:
+        _post_catalogue(ctx, provider=provider, region=region, ingest_url=ingest_url,
+                        state_dir=state_dir)
 
     try:
         host = get_provider(provider, region=region)
@@ -541,6 +689,30 @@ def models_command(provider: str, region: str | None, as_json: bool) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _post_catalogue(ctx: click.Context, **opts: Any) -> None:
+    """`models --post`: list the whole catalogue, POST it, say what came of it, exit."""
+    from .catalog import post
+    from .ingest_client import IngestClient
+    from .provider import SetupError, get_provider
+
+    _configure_logging("warning")
+    settings = _settings(opts, need_models=False, need_delivery=True)
+    try:
+        host = get_provider(settings.provider, region=settings.region)
+    except SetupError as exc:
+        raise ConfigProblem(str(exc)) from None
+    try:
+        with IngestClient(settings) as client:
+            outcome = post(settings, host, client)
+    finally:
+        host.close()
+    if outcome.ok:
+        click.echo(outcome.describe())
+        ctx.exit(0)
+    click.echo(f"bench-runner: {outcome.describe()}", err=True)
+    ctx.exit(int(ExitCode.AUTH if outcome.status in (401, 403) else ExitCode.ERROR))
 
 
 @main.group()

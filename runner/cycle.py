@@ -162,18 +162,30 @@ def run_profiles(
     on_outcome: Callable[[ModelOutcome], None] | None = None,
     stop: threading.Event | None = None,
 ) -> CycleReport:
-    """One cycle for each of settings.profiles in turn, summed into one report."""
+    """One cycle for each of settings.profiles in turn, summed into one report.
+
+    A model whose worklist settings name profiles is measured under those only; a
+    profile no model is left for is not run.
+    """
     parts: list[CycleReport] = []
     last_run: CycleReport | None = None
-    for i, profile in enumerate(settings.profiles):
+    for profile in settings.profiles:
+        models = models_for(settings, profile.profile_id)
+        if not models:
+            continue
         if parts and parts[-1].delivery.auth_refused:
             # Measuring more would only fill the outbox with records the API refuses.
-            parts.append(CycleReport(models=settings.models, profile_id=profile.profile_id,
-                                     skipped=list(settings.models)))
+            parts.append(CycleReport(models=models, profile_id=profile.profile_id,
+                                     skipped=list(models)))
             continue
-        last_run = run_cycle(replace(settings, profile=profile), provider, outbox, client,
-                             warm=warm and i == 0, on_outcome=on_outcome, stop=stop)
+        last_run = run_cycle(replace(settings, profile=profile, models=models), provider,
+                             outbox, client, warm=warm and last_run is None,
+                             on_outcome=on_outcome, stop=stop)
         parts.append(last_run)
+    if last_run is None:
+        # Nothing to measure under any profile: still drain what waits.
+        return run_cycle(replace(settings, models=()), provider, outbox, client, warm=False,
+                         on_outcome=on_outcome, stop=stop)
     if len(parts) == 1:
         return parts[0]
     total = CycleReport(models=tuple(m for part in parts for m in part.models), parts=parts)
@@ -187,9 +199,18 @@ def run_profiles(
         total.cycle_error = total.cycle_error or part.cycle_error
         total.outbox_full = total.outbox_full or part.outbox_full
         total.seconds += part.seconds
-    assert last_run is not None  # the first profile always runs
     total.pending, total.dead_total = last_run.pending, last_run.dead_total
     return total
+
+
+def models_for(settings: Settings, profile_id: str) -> tuple[str, ...]:
+    """The models measured under `profile_id`: all, less those whose settings leave it out."""
+    out = []
+    for model in settings.models:
+        request = settings.request_of(model)
+        if request is None or request.allows(profile_id):
+            out.append(model)
+    return tuple(out)
 
 
 def _report_unmeasured(settings: Settings, provider: Any, outbox: Outbox, client: Any,
@@ -257,11 +278,18 @@ def _measure_all(settings: Settings, provider: Any, outbox: Outbox, client: Any,
                  report: CycleReport, on_outcome: Callable[[ModelOutcome], None] | None,
                  stop: threading.Event | None) -> None:
     halt = threading.Event()  # set when the disk is full: measure nothing new
+    regions = {getattr(settings.request_of(m), "region", None) for m in settings.models}
+    if regions - {None} and hasattr(provider, "prepare"):
+        # Every region's client warm before the first timer, not inside its first model.
+        provider.prepare(sorted(r for r in regions if r))
 
     def measure(model: str) -> Result | Failure | None:
         if halt.is_set() or (stop is not None and stop.is_set()):
             return None
-        return provider.measure(model, settings.profile)
+        request = settings.request_of(model)
+        if request is None:
+            return provider.measure(model, settings.profile)
+        return provider.measure(model, settings.profile, request)
 
     workers = max(1, min(settings.concurrency, len(settings.models)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="measure") as pool:
@@ -349,6 +377,7 @@ def _failure(settings: Settings, provider: Any, model: str, *, stage: str, kind:
     return Failure(
         provider=getattr(provider, "name", None) or settings.provider, model_name=model,
         ts=datetime.now(UTC), stage=stage, error_kind=kind, message=message,
-        region=getattr(provider, "region", None) or settings.region,
+        region=getattr(settings.request_of(model), "region", None)
+        or getattr(provider, "region", None) or settings.region,
         benchmark_profile_id=settings.profile.profile_id, exc_type=exc_type,
         attempts=attempts)

@@ -280,7 +280,7 @@ class IngestClient:
             log.warning("ingest unreachable url=%s error=%s", url, type(exc).__name__)
             return Answer(status=None, error=f"{type(exc).__name__}: {_first_line(exc)}")
         try:
-            raw, problem = _read_bounded(response, deadline, self.settings.http_deadline)
+            raw, problem = read_bounded(response, deadline, self.settings.http_deadline)
         finally:
             response.close()
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -327,7 +327,7 @@ class IngestClient:
         self.close()
 
 
-def _read_bounded(response: requests.Response, deadline: float,
+def read_bounded(response: requests.Response, deadline: float,
                   seconds: float) -> tuple[bytes, str | None]:
     """The answer's body, or why it was not read whole: too large, or past the deadline."""
     declared = response.headers.get("Content-Length", "")

@@ -8,13 +8,17 @@ the SDKs of the providers it measures (the package's extras).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .failures import redact
 from .openai_endpoints import GENERIC, PRESETS
 from .records import Failure, Profile, Result
+
+if TYPE_CHECKING:
+    from .worklist import ModelSettings
 
 
 class SetupError(Exception):
@@ -39,11 +43,51 @@ class CatalogEntry:
 
     model_id: str
     name: str
-    vendor: str
+    vendor: str  # Bedrock's providerName
     kind: str  # "foundation" or "inference-profile"
-    streaming: bool
+    streaming: bool | None  # None: the listing does not say
     needs_profile: bool  # on-demand calls by this id are refused; use an inference profile
-    status: str
+    status: str  # lifecycle status (ACTIVE, LEGACY, ...)
+    input_modalities: tuple[str, ...] = ()
+    output_modalities: tuple[str, ...] = ()
+    inference_types: tuple[str, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        """The entry as POST /ingest/catalog takes it (docs/contract.md section 7)."""
+        return {"model_id": self.model_id, "name": self.name, "provider_name": self.vendor,
+                "kind": self.kind, "input_modalities": list(self.input_modalities),
+                "output_modalities": list(self.output_modalities),
+                "inference_types": list(self.inference_types),
+                "lifecycle_status": self.status, "needs_profile": self.needs_profile,
+                "streaming": self.streaming}
+
+    @property
+    def measurable(self) -> bool:
+        """Streams text: what `bench-runner models` lists as a model to measure.
+
+        A profile whose models the listing does not show is kept: it may well stream text.
+        """
+        unknown = self.kind == "inference-profile" and not self.output_modalities
+        return (unknown or "TEXT" in self.output_modalities) and self.streaming is not False
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A whole catalogue read: every entry, and whether every page of it was read."""
+
+    provider: str
+    region: str | None
+    started_at: datetime
+    entries: list[CatalogEntry]
+    pagination_complete: bool
+    problem: str | None = None  # why a listing stopped early
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body of POST /ingest/catalog."""
+        return {"provider": self.provider, "region": self.region,
+                "started_at": self.started_at.isoformat(),
+                "pagination_complete": self.pagination_complete,
+                "models": [e.to_wire() for e in self.entries]}
 
 
 class Provider(Protocol):
@@ -55,11 +99,18 @@ class Provider(Protocol):
     def warm(self) -> None:
         """Create clients, resolve credentials and warm the connection; raises SetupError."""
 
-    def measure(self, model_id: str, profile: Profile) -> Result | Failure:
-        """Measure one model; a model's own failure is returned, never raised."""
+    def measure(self, model_id: str, profile: Profile,
+                request: ModelSettings | None = None) -> Result | Failure:
+        """Measure one model as `request` says; a model's own failure is returned, never raised."""
+
+    def prepare(self, regions: Iterable[str | None]) -> None:
+        """Make and warm a client for each region a cycle will call, before any timer."""
 
     def catalogue(self) -> list[CatalogEntry]:
-        """The models this provider offers in its region."""
+        """The models this provider offers in its region that can be measured."""
+
+    def listing(self) -> Listing:
+        """Every model and profile in its region, with whether every page was read."""
 
     def close(self) -> None:
         """Release clients and connections."""

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import bench_contract as contract
 
@@ -21,6 +22,13 @@ from .records import CATALOGUE, Profile
 ENV_INGEST_URL = "INGEST_API_URL"
 ENV_API_KEY = "INGEST_API_KEY"
 ENV_MODELS = "BENCHMARK_MODELS"
+# Set (1/true/yes/on): BENCHMARK_MODELS wins over the server's worklist.
+ENV_MODELS_OVERRIDE = "BENCHMARK_MODELS_OVERRIDE"
+# Where the worklist is read; default: derived from INGEST_API_URL.
+ENV_RUNNER_CONFIG_URL = "RUNNER_CONFIG_URL"
+ENV_WORKLIST_GRACE = "BENCH_RUNNER_WORKLIST_GRACE_HOURS"
+ENV_CATALOG_HOURS = "BENCH_RUNNER_CATALOG_HOURS"
+ENV_INTERVAL = "BENCH_RUNNER_INTERVAL"
 ENV_PROFILES = "BENCHMARK_PROFILES"
 ENV_STATE_DIR = "BENCH_RUNNER_STATE_DIR"
 ENV_REGION = "AWS_REGION"
@@ -45,6 +53,8 @@ DEFAULT_CONCURRENCY = 1
 DEFAULT_MAX_PENDING = 10_000
 DEFAULT_CALL_TIMEOUT = 120.0
 DEFAULT_RETRIES = 2
+DEFAULT_WORKLIST_GRACE_HOURS = 6.0
+DEFAULT_CATALOG_HOURS = 12.0
 # `once` by hand: the headline profile only. The timer (through runner.env) and the daemon:
 # what the dashboard reads, the 64-token runs and the 512-token ones it fits speed from.
 DEFAULT_PROFILES = contract.DEFAULT_PROFILE_ID
@@ -92,6 +102,11 @@ def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
     import platformdirs  # only needed when nothing else names the directory
 
     return Path(platformdirs.user_state_dir("bench-runner"))
+
+
+def truthy(value: str | None) -> bool:
+    """An environment switch: 1, true, yes or on, in any case."""
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def parse_models(value: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -144,6 +159,20 @@ class Settings:
     max_server_errors: int = 3
     # The longest Retry-After honoured; a longer one (up to `inf`) waits this long.
     max_retry_after: float = 3600.0
+    # The worklist (runner/worklist.py): its URL (empty: derived), how old a cached answer
+    # may be when the server cannot answer, and each model's settings from the last one.
+    runner_config_url: str = ""
+    worklist_grace_hours: float = DEFAULT_WORKLIST_GRACE_HOURS
+    model_settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def catalog_url(self) -> str:
+        """POST target of the catalogue, derived from INGEST_API_URL."""
+        return f"{self.ingest_url}/catalog"
+
+    def request_of(self, model: str) -> Any:
+        """The worklist's settings of `model`, or None (the defaults)."""
+        return self.model_settings.get(model)
 
     @property
     def batch_url(self) -> str:
@@ -257,5 +286,27 @@ def load(
         profiles=chosen,
         unknown_profiles=unknown,
         max_pending=max_pending,
-        allow_http=env.get(ENV_ALLOW_HTTP, "").strip().lower() in ("1", "true", "yes", "on"),
+        allow_http=truthy(env.get(ENV_ALLOW_HTTP)),
+        runner_config_url=env.get(ENV_RUNNER_CONFIG_URL, "").strip(),
+        worklist_grace_hours=_hours(env, ENV_WORKLIST_GRACE, DEFAULT_WORKLIST_GRACE_HOURS),
     )
+
+
+def _hours(env: Mapping[str, str], name: str, default: float) -> float:
+    """A number of hours from the environment; ConfigError when it is not one."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"configuration: {name}={raw!r} is not a number of hours") from None
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"configuration: {name}={raw!r} must be 0 or more hours")
+    return value
+
+
+def catalog_hours(environ: Mapping[str, str] | None = None) -> float:
+    """Hours between the daemon's catalogue posts (BENCH_RUNNER_CATALOG_HOURS; 0: never)."""
+    return _hours(os.environ if environ is None else environ, ENV_CATALOG_HOURS,
+                  DEFAULT_CATALOG_HOURS)

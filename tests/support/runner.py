@@ -59,6 +59,7 @@ class Scripted:
     # Each byte of the whole answer, status line and headers included, after this many
     # seconds (a server that trickles its headers, which a read timeout alone never ends).
     drip_head: float = 0.0
+    delay: float = 0.0  # seconds before the answer's first byte (a server that hangs)
 
 
 class ScriptedIngest:
@@ -70,6 +71,10 @@ class ScriptedIngest:
         # that left the server.
         self.bytes_sent = 0
         self.stored: dict[str, Any] = {}
+        # GET /runner-config answers this (with an ETag, 304 on If-None-Match); None: 404,
+        # as an ingest API from before the worklist answers.
+        self.worklist: dict[str, Any] | None = None
+        self.catalogs: list[Any] = []  # bodies of POST /ingest/catalog, in order
         self._script: dict[str, list[Scripted]] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -125,6 +130,10 @@ class ScriptedIngest:
             if path == "/ingest/batch":
                 return Scripted(200, {"results": [self._store(item, "result_id")
                                                   for item in doc["results"]]})
+            if path == "/ingest/catalog":
+                self.catalogs.append(doc)
+                return Scripted(201, {"status": "stored",
+                                      "counts": {"models": len(doc.get("models", []))}})
             if path in ("/ingest", "/ingest/error"):
                 key = "result_id" if path == "/ingest" else "error_id"
                 item = self._store(doc, key)
@@ -132,6 +141,27 @@ class ScriptedIngest:
                     return Scripted(201, {"status": "created"})
                 return Scripted(200, {"status": "duplicate", "duplicate": True})
             return Scripted(404, {"error": {"code": "not_found", "message": "no such route"}})
+
+    def _answer_get(self, path: str, headers: dict[str, str]) -> Scripted:
+        route = path.split("?", 1)[0]
+        with self._lock:
+            queue = self._script.get(route)
+            if queue:
+                return queue.pop(0)
+            if route != "/runner-config" or self.worklist is None:
+                return Scripted(404, {"error": {"code": "not_found", "message": "no such route"}})
+            raw = json.dumps(self.worklist, sort_keys=True).encode()
+        import hashlib
+
+        etag = '"' + hashlib.sha256(raw).hexdigest()[:16] + '"'
+        if headers.get("If-None-Match") == etag:
+            return Scripted(304, headers={"ETag": etag}, raw=b"")
+        return Scripted(200, headers={"ETag": etag}, raw=raw)
+
+    def gets(self, path: str) -> list[Received]:
+        """GET requests received on one path (query string left out), in order."""
+        with self._lock:
+            return [r for r in self.requests if r.path.split("?", 1)[0] == path]
 
     def _store(self, doc: dict[str, Any], key: str) -> dict[str, Any]:
         record_id = doc[key]
@@ -150,12 +180,22 @@ class ScriptedIngest:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
+            def do_GET(self) -> None:
+                with outer._lock:
+                    outer.requests.append(Received(self.path, dict(self.headers), b"",
+                                                   time.monotonic()))
+                self._send(outer._answer_get(self.path, dict(self.headers)))
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with outer._lock:
                     outer.requests.append(Received(self.path, dict(self.headers), body,
                                                    time.monotonic()))
-                answer = outer._answer(self.path, body)
+                self._send(outer._answer(self.path, body))
+
+            def _send(self, answer: Scripted) -> None:
+                if answer.delay:
+                    time.sleep(answer.delay)
                 if answer.raw is not None:
                     data = answer.raw
                 else:
