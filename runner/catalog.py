@@ -49,6 +49,9 @@ def post(settings: Settings, provider: Any, client: Any) -> PostOutcome:
     """List the catalogue and POST it; never raises for the listing, the network or the answer."""
     from .provider import SetupError
 
+    if not hasattr(provider, "listing"):
+        return PostOutcome(entries=0, pagination_complete=False,
+                           problem=f"the {settings.provider} provider has no catalogue to post")
     try:
         listing = provider.listing()
     except SetupError as exc:

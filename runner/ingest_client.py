@@ -110,6 +110,8 @@ class Answer:
     body: Any = None
     retry_after: float | None = None
     error: str | None = None
+    etag: str | None = None  # the answer's ETag (the worklist's)
+    raw: bytes = b""  # the body as read, for an answer JSON did not parse
 
     @property
     def delivered(self) -> bool:
@@ -252,27 +254,39 @@ class IngestClient:
 
     def post(self, url: str, payload: Any) -> Answer:
         """POST one JSON body; never raises for the network or the answer."""
-        body = encode_body(payload)
+        return self._within_deadline(lambda: self._post(url, encode_body(payload)))
+
+    def get(self, url: str, headers: dict[str, str] | None = None) -> Answer:
+        """GET `url` (the worklist), under the same deadline and bounds as a POST."""
+        return self._within_deadline(lambda: self._post(url, None, headers))
+
+    def _within_deadline(self, send: Any) -> Answer:
         call = _Call()
         _calls.current = call
         watchdog = threading.Timer(self.settings.http_deadline, call.expire)
         watchdog.daemon = True
         watchdog.start()
         try:
-            return self._post(url, body)
+            return send()
         finally:
             watchdog.cancel()
             _calls.current = None
 
-    def _post(self, url: str, body: bytes) -> Answer:
+    def _post(self, url: str, body: bytes | None,
+              headers: dict[str, str] | None = None) -> Answer:
+        """POST `body`, or GET when it is None."""
         deadline = time.monotonic() + self.settings.http_deadline
         connect, read = self.settings.http_timeout
+        timeout = (connect, min(read, self.settings.http_deadline))
         try:
             # Never follow a redirect: the key would go along to wherever it points. The
             # answer is streamed so that its size and its time can be bounded.
-            response = self.session.post(url, data=body, allow_redirects=False, stream=True,
-                                         timeout=(connect, min(read,
-                                                               self.settings.http_deadline)))
+            if body is None:
+                response = self.session.get(url, headers=headers, allow_redirects=False,
+                                            stream=True, timeout=timeout)
+            else:
+                response = self.session.post(url, data=body, allow_redirects=False,
+                                             stream=True, timeout=timeout)
         except requests.RequestException as exc:
             if time.monotonic() >= deadline:
                 log.warning("ingest answer past the deadline url=%s", url)
@@ -297,8 +311,10 @@ class IngestClient:
                 parsed = json.loads(raw)
             except (ValueError, RecursionError):
                 parsed = raw[:2000].decode("utf-8", "replace")
-            answer = Answer(status=response.status_code, body=parsed, retry_after=retry_after)
-        log.info("ingest answer url=%s status=%s bytes=%d", url, answer.status, len(body))
+            answer = Answer(status=response.status_code, body=parsed, retry_after=retry_after,
+                            etag=response.headers.get("ETag"), raw=raw)
+        log.info("ingest answer url=%s status=%s bytes=%d", url, answer.status,
+                 len(body or b""))
         return answer
 
     def _past_deadline(self) -> str:

@@ -17,6 +17,7 @@ the connections).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -188,8 +189,15 @@ class OpenAICompatibleProvider:
 
     # Measuring
 
-    def measure(self, model_id: str, profile: Profile) -> Result | Failure:
-        """Measure one model, retrying throttling, transient faults and timeouts a few times."""
+    def measure(self, model_id: str, profile: Profile,
+                request: Any = None) -> Result | Failure:
+        """Measure one model, retrying throttling, transient faults and timeouts a few times.
+
+        Of the worklist's settings (`request`), only omit_temperature applies to a chat
+        completions host; the extra fields and the region are Bedrock's.
+        """
+        if request is not None and request.omit_temperature:
+            profile = dataclasses.replace(profile, temperature=None)
         if self._client is None:
             self.warm()
         earlier: list[dict[str, Any]] = []

@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import os
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -231,69 +230,54 @@ def read_cache(settings: Settings) -> Cached | None:
 
 # Fetching
 
-def fetch(settings: Settings, session: Any = None) -> tuple[Any, str]:
+def fetch(settings: Settings, client: Any = None) -> tuple[Any, str]:
     """The server's answer (parsed JSON) and a phrase for where it came from.
 
-    A 304 answers the cached document (its age is reset: the server confirmed it).
-    Raises WorklistRefused for 401/403 and _Unavailable for every other fault.
+    Sent through the ingest client, so the worklist's answer has the bounds and the
+    deadline of a write's. A 304 answers the cached document (its age is reset: the
+    server confirmed it). Raises WorklistRefused for 401/403, _Unavailable for the rest.
     """
-    import requests
-
-    from . import __version__
-    from .ingest_client import read_bounded
+    from .ingest_client import IngestClient
 
     url = config_url(settings)
     cached = read_cache(settings)
-    headers = {"X-API-Key": settings.api_key, "Accept": "application/json",
-               "User-Agent": f"bench-runner/{__version__}"}
+    headers = {"Accept": "application/json"}
     if cached is not None and cached.etag and cached.url == url:
         headers["If-None-Match"] = cached.etag
-    own = session is None
-    session = session or requests.Session()
-    connect, read = settings.http_timeout
-    # A worklist is small: its answer gets the same bounded read as a write's, and never
-    # longer than the write deadline, so a server that trickles cannot hold the run.
-    deadline = time.monotonic() + settings.http_deadline
+    own = client is None
+    client = client or IngestClient(settings)
     try:
-        # Never follow a redirect: the key would go along to wherever it points.
-        response = session.get(url, headers=headers, allow_redirects=False, stream=True,
-                               timeout=(connect, min(read, settings.http_deadline)))
-        try:
-            raw, problem = read_bounded(response, deadline, settings.http_deadline)
-        finally:
-            response.close()
-    except requests.RequestException as exc:
-        raise _Unavailable(f"no answer from {url}: {type(exc).__name__}") from None
+        answer = client.get(url, headers)
     finally:
         if own:
-            session.close()
-    status = response.status_code
-    if status in (401, 403):
-        raise WorklistRefused(f"the ingest API refused the key for {url} (HTTP {status}): "
-                              f"check INGEST_API_KEY")
-    if status == 304 and cached is not None:
+            client.close()
+    if answer.status is None:
+        raise _Unavailable(f"no answer from {url}: {answer.error}")
+    if answer.status in (401, 403):
+        raise WorklistRefused(f"the ingest API refused the key for {url} (HTTP "
+                              f"{answer.status}): check INGEST_API_KEY")
+    if answer.status == 304 and cached is not None:
         write_cache(settings, url, cached.answer, cached.etag)
         return cached.answer, f"runner-config {url} (unchanged)"
-    if status != 200:
-        raise _Unavailable(f"{url} answered HTTP {status}")
-    if problem:
-        reason = "an answer past the deadline" if problem == "deadline" else problem
-        raise _Unavailable(f"{url}: {reason}")
+    if answer.status != 200:
+        raise _Unavailable(f"{url} answered {answer.describe()}")
+    if answer.error:
+        raise _Unavailable(f"{url}: {answer.error}")
     try:
-        doc = json.loads(raw)
+        doc = json.loads(answer.raw)
         parse(doc, warn=lambda _message: None)
     except (ValueError, RecursionError) as exc:
         raise _Unavailable(f"{url} answered something that is not a worklist: "
                            f"{str(exc)[:200]}") from None
     try:
-        write_cache(settings, url, doc, response.headers.get("ETag"))
+        write_cache(settings, url, doc, answer.etag)
     except OSError as exc:
         log.warning("worklist not cached in %s: %s", settings.state_dir, exc.strerror or exc)
     return doc, f"runner-config {url}"
 
 
 def resolve(settings: Settings, *, cli_models: str | None, env_models: str | None,
-            override: bool, session: Any = None) -> Worklist:
+            override: bool, client: Any = None) -> Worklist:
     """The models of this run, first match wins (module docstring); raises WorklistRefused."""
     from .settings import ENV_MODELS, ENV_MODELS_OVERRIDE, parse_models
 
@@ -305,7 +289,7 @@ def resolve(settings: Settings, *, cli_models: str | None, env_models: str | Non
     if not settings.ingest_url and not settings.runner_config_url:
         return Worklist(models=env, source=ENV_MODELS)
     try:
-        doc, source = fetch(settings, session)
+        doc, source = fetch(settings, client)
     except _Unavailable as exc:
         reason = str(exc)
         log.warning("worklist: %s", reason)

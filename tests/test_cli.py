@@ -41,6 +41,8 @@ def env(tmp_path, scripted_ingest):
         "INGEST_API_KEY": SCRIPTED_KEY,
         "BENCH_RUNNER_STATE_DIR": str(tmp_path / "state"),
         "BENCHMARK_MODELS": "sim.a-v1",
+        # The host's own list, not the server's worklist (tests/test_worklist.py has that).
+        "BENCHMARK_MODELS_OVERRIDE": "1",
     }
 
 
@@ -114,7 +116,10 @@ def test_missing_setting_is_one_line_and_exit_2_before_any_call(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert named in lines[0]
-    assert scripted_ingest.requests == []
+    # Without BENCHMARK_MODELS the worklist was asked for (this stand-in has none: 404);
+    # nothing was sent and no model was called.
+    asked = ["/runner-config?provider=bedrock"] if missing == "BENCHMARK_MODELS" else []
+    assert [r.path for r in scripted_ingest.requests] == asked
     assert sim.stats()["calls"] == {}
 
 
