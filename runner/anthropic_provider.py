@@ -23,6 +23,7 @@ message_delta. A stream without message_stop, or without a stop_reason, is a fai
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import os
@@ -222,8 +223,15 @@ class AnthropicProvider:
 
     # Measuring
 
-    def measure(self, model_id: str, profile: Profile) -> Result | Failure:
-        """Measure one model, retrying throttling, transient faults and timeouts a few times."""
+    def measure(self, model_id: str, profile: Profile,
+                request: Any = None) -> Result | Failure:
+        """Measure one model, retrying throttling, transient faults and timeouts a few times.
+
+        Of the worklist's settings (`request`), only omit_temperature applies here; the
+        extra fields and the region are Bedrock's.
+        """
+        if request is not None and request.omit_temperature:
+            profile = dataclasses.replace(profile, temperature=None)
         if self._client is None:
             self.warm()
         earlier: list[dict[str, Any]] = []

@@ -385,8 +385,10 @@ def test_runner_with_the_shipped_env_file_keeps_its_outbox_in_systemds_state_dir
     # What bench-runner.service gives the process: the env file, $STATE_DIRECTORY,
     # and a user without a home. Only the blanks an operator must fill are filled.
     env = systemd_environment_file(REPO / "deploy" / "runner.env.example")
-    env.update(INGEST_API_URL=ingest_server.ingest_url, INGEST_API_KEY=ingest_server.key,
-               BENCHMARK_MODELS=",".join(GOOD))
+    env.update(INGEST_API_URL=ingest_server.ingest_url, INGEST_API_KEY=ingest_server.key)
+    # The models come from the app's worklist, as the shipped file means them to.
+    ingest_server.db["models"].insert_many([
+        {"provider": "bedrock", "model_id": m, "display_name": m} for m in GOOD])
     state = tmp_path / "var-lib-bench-runner"
     state.mkdir(mode=0o700)
     env.update(PATH=os.environ["PATH"], HOME="/nonexistent", LANG="C.UTF-8",
