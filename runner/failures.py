@@ -146,11 +146,12 @@ _SECRETS = (
     re.compile(r"(\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{8,}", re.I),
     re.compile(r"(x-api-key['\"]?\s*[:=,]\s*b?['\"]?)[^'\"\s,}]+", re.I),
 )
-# Bedrock's words for a model id it does not know: the fix is to look the id up.
 _UNKNOWN_MODEL = re.compile(r"model identifier is invalid|model not found|"
                             r"could not resolve the foundation model", re.I)
-UNKNOWN_MODEL_HINT = ("check the model id: `bench-runner models` lists the ids this region "
-                      "offers")
+# Bedrock's words, and the OpenAI-compatible and Anthropic codes, for a model id the host
+# does not know: the fix is to look the id up.
+UNKNOWN_MODEL_HINT = ("check the model id: `bench-runner models` (with the same --provider) "
+                      "lists the ids the provider offers")
 
 
 def profile_hint(model_id: str | None) -> str:

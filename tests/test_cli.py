@@ -310,6 +310,14 @@ def test_models_lists_the_catalogue_and_marks_profile_only_models(sim):
     assert {e["model_id"] for e in doc} >= {"sim.a-v1", "sim.b-v1"}
 
 
+def test_models_lists_what_an_openai_compatible_host_serves(openai_sim):
+    openai_sim()
+    result = invoke(["models", "--provider", "openai", "--json"], {})
+    assert result.exit_code == 0, result.output
+    assert [e["model_id"] for e in json.loads(result.output)] == [
+        "sim-chat-fast", "sim-chat-reasoner", "sim-chat-retired"]
+
+
 def test_simulate_serves_until_sigterm(tmp_path):
     port = free_port()
     proc = subprocess.Popen([BENCH_RUNNER, "simulate", "--port", str(port)], cwd=REPO,
