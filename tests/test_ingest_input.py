@@ -149,7 +149,7 @@ def test_every_bad_and_unknown_field_is_named(client, auth_headers, mongo_db):
         generate_time="1.5",
         run_ts="2026-03-01T10:00:00",
         gen_ts=(datetime.now(UTC) + timedelta(minutes=11)).isoformat(),
-        provider="openai",
+        provider="no-such-host",
         token_source="guess",
         misc=[1, 2],
         colour="blue",
