@@ -128,11 +128,12 @@ def record(models: Iterable[Key]) -> None:
         Updater.of(current_app._get_current_object()).mark(keys)
 
 
-def settle(timeout: float = 30.0) -> bool:
-    """Wait until every updater of this process has nothing left to recount; True if so."""
+def settle(timeout: float = 30.0, *, database: str | None = None) -> bool:
+    """Wait until this process's updaters (of apps on `database`, or all) are idle; True if so."""
     deadline = time.monotonic() + timeout
     with Updater.registry_lock:
-        updaters = list(Updater.registry.values())
+        updaters = [u for (pid, _), u in Updater.registry.items() if pid == os.getpid()
+                    and database in (None, u.app.extensions[settings.EXTENSION].mongodb_db)]
     return all(u.wait_idle(max(0.0, deadline - time.monotonic())) for u in updaters)
 
 

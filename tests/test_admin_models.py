@@ -104,7 +104,8 @@ def test_list_shows_state_freshness_and_display_name(cli, mongo_db, client, auth
     mongo_db["models"].insert_one({"provider": "openai", "model_id": "gpt-x",
                                    "display_name": "GPT X", "enabled": False})
     client.post("/ingest", json=result_payload(), headers=auth_headers)
-    assert model_health.settle(timeout=30)  # the recount runs after the write is answered
+    # The recount runs after the write is answered.
+    assert model_health.settle(timeout=30, database=mongo_db.name)
     lines = cli("list").output.splitlines()
     assert lines[0].split() == ["PROVIDER", "MODEL_ID", "STATE", "FRESHNESS", "LAST", "SUCCESS",
                                 "DISPLAY", "NAME"]

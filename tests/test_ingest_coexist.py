@@ -145,7 +145,8 @@ def test_a_legacy_writer_still_inserts_id_less_documents_after_the_app_wrote(see
 def test_the_app_asks_for_partial_unique_indexes(spy, seeded_client, seeded):
     # nx-27017 cannot tell partial from plain (see the module docstring): assert the request.
     assert seeded_client.post("/ingest", json=result_payload(), headers=HEADERS).status_code == 201
-    assert model_health.settle(timeout=30)  # the health indexes come with the first recount
+    # The health indexes come with the first recount.
+    assert model_health.settle(timeout=30, database=seeded.name)
     sent = {command["createIndexes"]: {ix["name"]: ix for ix in command["indexes"]}
             for command in spy.commands}
     assert set(sent) == {"metrics_cloud_v2", "metrics_cloud_probe", "errors_cloud",

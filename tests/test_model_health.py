@@ -58,7 +58,7 @@ def listed(mongo_db, model: str = MODEL, **fields) -> None:
 
 def state(mongo_db, model: str = MODEL) -> dict | None:
     """The model's health once this process's updater has recounted every write so far."""
-    assert model_health.settle(timeout=30), "health recount still running after 30 s"
+    assert model_health.settle(timeout=30, database=mongo_db.name), "health still recounting"
     doc = mongo_db[HEALTH].find_one({"provider": "bedrock", "model_id": model})
     if doc is not None:
         for name in TIME_FIELDS:
