@@ -129,11 +129,12 @@ class AnthropicProvider:
                      self.concurrency)
 
     @property
-    def api_version(self) -> str:
-        """The anthropic-version header the installed client sends."""
-        from anthropic._constants import ANTHROPIC_API_VERSION  # no public name for it
-
-        return ANTHROPIC_API_VERSION
+    def api_version(self) -> str | None:
+        """The anthropic-version header the installed client sends (None before warm)."""
+        if self._client is None:
+            return None
+        version = self._client.default_headers.get("anthropic-version")
+        return version if isinstance(version, str) else None
 
     def _create_client(self) -> anthropic.Anthropic:
         key = self._environ.get(ENV_ANTHROPIC_API_KEY, "").strip()
