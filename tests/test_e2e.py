@@ -354,8 +354,8 @@ def test_demo_stops_everything_it_started_on_ctrl_c(tmp_path):
         out = "".join(lines)
         assert "Ctrl-C stops them" in out, out
         ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", out)]
-        # database, ingest app, the Bedrock and the OpenAI-compatible simulators
-        assert len(set(ports)) == 4, out
+        # database, ingest app, the Bedrock, OpenAI-compatible and Anthropic simulators
+        assert len(set(ports)) == 5, out
         demo.send_signal(signal.SIGINT)
         rest, _ = demo.communicate(timeout=60)
     finally:
