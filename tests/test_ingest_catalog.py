@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ingest_app import create_app
+from ingest_app import health as model_health
 from ingest_app.timestamps import parse_rfc3339
 from tests.support.ingest import TEST_KEYS, TEST_READ_KEYS, gunicorn_env, start_gunicorn
 
@@ -187,6 +188,7 @@ def test_a_body_over_the_size_limit_is_a_413(ingest_settings, mongo_db):
             assert client.post("/ingest/catalog", json=body,
                                headers=RUNNER_A).status_code == 413
     finally:
+        model_health.close(app, timeout=5)
         app.extensions["bench_ingest.db"].close()
     assert mongo_db[CATALOG].count_documents({}) == 0
 

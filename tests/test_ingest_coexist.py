@@ -171,9 +171,10 @@ def test_ensure_indexes_command_asks_for_partial_unique_indexes(spy, seeded, ing
     assert outcome.exit_code == 0, outcome.output
     partial = [ix.get("partialFilterExpression") for command in spy.commands
                for ix in command["indexes"] if ix.get("unique")]
-    # The last is bench_model_health's (provider, model_id), which every document carries.
+    # Then bench_model_health's (provider, model_id) and provider_catalog's (provider,
+    # model_id, region), which every document of theirs carries.
     assert partial == [{"result_id": {"$type": "string"}}] * 2 + \
-        [{"error_id": {"$type": "string"}}, None]
+        [{"error_id": {"$type": "string"}}, None, None]
 
 
 # An index listing as MongoDB reports it (listIndexes), for the clash check.

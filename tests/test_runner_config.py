@@ -148,12 +148,14 @@ def test_the_interval_comes_from_the_setting(ingest_settings, mongo_db):
     from dataclasses import replace
 
     from ingest_app import create_app
+    from ingest_app import health as model_health
 
     app = create_app(replace(ingest_settings, runner_interval_minutes=15))
     try:
         with app.test_client() as client:
             assert config(client).get_json()["interval_minutes"] == 15
     finally:
+        model_health.close(app, timeout=5)
         app.extensions["bench_ingest.db"].close()
 
 
