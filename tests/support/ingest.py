@@ -84,6 +84,24 @@ def ingest_settings(mongo_uri, mongo_db_name) -> Settings:
     )
 
 
+@pytest.fixture(autouse=True)
+def _health_threads_end_with_their_test():
+    """An app a test made for itself ends its health thread with the test, as `app` does.
+
+    Left running, the thread of an app whose database a test stopped keeps failing its
+    recount, and every later test that waits on health.settle() waits in vain.
+    """
+    before = set(model_health.Updater.registry)
+    yield
+    with model_health.Updater.registry_lock:
+        leaked = [model_health.Updater.registry.pop(key)
+                  for key in list(model_health.Updater.registry) if key not in before]
+    for updater in leaked:
+        updater.stop(timeout=2)
+        # Its last recount may have opened a client again after the test closed the app's.
+        updater.app.extensions["bench_ingest.db"].close()
+
+
 @pytest.fixture
 def app(ingest_settings, mongo_db):
     """The Flask app on this test's database (dropped afterwards by mongo_db)."""
