@@ -275,7 +275,7 @@ class BedrockProvider:
         """Measure one model, retrying throttling, transient faults and timeouts a few times.
 
         `request` holds the worklist's settings of the model: temperature left out, extra
-        request fields, the region to call (docs/contract.md section 6).
+        request fields, the region to call (docs/contract.md section 7).
         """
         ask = _Ask(model_id, profile, request or ModelSettings(),
                    self._client((request or ModelSettings()).region))

@@ -1,4 +1,4 @@
-"""Which models a run measures, and how each is asked: the worklist (docs/contract.md section 6).
+"""Which models a run measures, and how each is asked: the worklist (docs/contract.md section 7).
 
 First match wins: `--models`; BENCHMARK_MODELS when BENCHMARK_MODELS_OVERRIDE says so;
 the server's `GET /runner-config`; BENCHMARK_MODELS. A refused key (401/403) ends the
