@@ -296,6 +296,11 @@ def resolve(settings: Settings, *, cli_models: str | None, env_models: str | Non
         return _fallback(settings, env, reason)
     models, metadata, interval = parse(doc)
     note = None if models else "the server lists no model for this runner: nothing to do"
+    if not models and env:
+        # Most likely a runner whose server has not been told its models yet.
+        note += (f"; {ENV_MODELS} is set but the worklist wins: list the models on the "
+                 f"server (flask --app ingest_app models add MODEL_ID --display-name NAME), "
+                 f"or set {ENV_MODELS_OVERRIDE}=1")
     return Worklist(models=models, source=source, metadata=metadata,
                     interval_minutes=interval, note=note)
 

@@ -120,6 +120,9 @@ def test_an_empty_list_from_the_server_is_nothing_to_do_exit_0(env, sim, scripte
     result, doc = once({**env, "BENCHMARK_MODELS": "sim.a-v1"})
     assert result.exit_code == ExitCode.OK
     assert doc["results"] == [] and "nothing to do" in doc["problems"][0]
+    # BENCHMARK_MODELS is set, so the line says how to have it measured.
+    assert "models add MODEL_ID" in doc["problems"][0]
+    assert "BENCHMARK_MODELS_OVERRIDE=1" in doc["problems"][0]
     assert sim.calls("sim.a-v1") == 0
     assert scripted_ingest.posts("/ingest/batch") == []
 
