@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import anthropic
@@ -45,11 +45,9 @@ from .measuring import (
     AttemptFailed,
     Stream,
     backoff_delay,
-    decode_speed,
+    judge,
     misc,
-    since,
     summary,
-    visible_tokens,
 )
 from .provider import CatalogEntry, SetupError
 from .records import Failure, Profile, Result
@@ -322,63 +320,13 @@ class AnthropicProvider:
     def _judge(self, model_id: str, profile: Profile, seen: _Stream, attempts: int,
                earlier: list[dict[str, Any]]) -> Result | AttemptFailed:
         """Turn a complete stream into a Result, or a failure when it cannot be one."""
-        if seen.stop_reason is None:
-            missing = "a stop_reason" if seen.stopped else "message_stop"
-            return AttemptFailed(
-                Classification("transient", f"the stream ended without {missing}",
-                               "IncompleteStream", request_id=seen.request_id),
-                "stream", seen.run_ts, seen.request_id)
-        if seen.first_text is None and seen.stop_reason == "max_tokens":
-            return AttemptFailed(
-                Classification(
-                    "budget_exhausted",
-                    f"{model_id} spent the whole budget of {profile.max_tokens} tokens "
-                    f"({seen.reasoning_chunks} thinking deltas) without visible text; "
-                    f"raise --max-tokens for reasoning models, or add the "
-                    f"{contract.REASONING_PROFILE_ID} profile to --profiles",
-                    "BudgetExhausted", request_id=seen.request_id),
-                "stream", seen.run_ts, seen.request_id)
-        assert seen.end is not None
-        usage = seen.usage or {}
-        if isinstance(usage.get("output_tokens"), int):
-            output_tokens, token_source = usage["output_tokens"], contract.TOKEN_SOURCES[0]
-        else:
-            output_tokens, token_source = seen.chunks, contract.TOKEN_SOURCES[1]
-        generate_time = seen.end - seen.sent
-        visible = visible_tokens(output_tokens, token_source, seen)
-        ttft = since(seen.first_text, seen.sent)
-        return Result(
-            provider=PROVIDER,
-            model_name=model_id,
-            run_ts=seen.run_ts,
-            gen_ts=seen.run_ts + timedelta(seconds=generate_time),
-            output_tokens=output_tokens,
-            generate_time=generate_time,
-            tokens_per_second=output_tokens / generate_time,
-            region=self.region,
-            benchmark_profile_id=profile.profile_id,
-            requested_tokens=profile.max_tokens,
-            temperature=self.sent_temperature(profile),
-            input_tokens=usage.get("input_tokens"),
-            token_source=token_source,
-            time_to_first_token=ttft,
-            time_to_first_any_token=since(seen.first_any, seen.sent),
-            decode_tokens_per_second=decode_speed(output_tokens, seen),
-            stop_reason=seen.stop_reason,
-            request_id=seen.request_id,
-            attempts=attempts,
-            chunk_count=seen.chunks,
-            reasoning_tokens=seen.clock.reasoning_tokens() if seen.clock.had_reasoning else None,
-            request_mode=REQUEST_MODE,
-            ttft_available=ttft is not None,
-            generated_output_tokens=output_tokens,
-            visible_output_tokens=visible,
-            generated_tokens_per_second=output_tokens / generate_time,
-            visible_tokens_per_second=visible / generate_time,
-            time_to_64_visible_tokens_seconds=seen.clock.time_to_mark,
-            sample_role=profile.sample_role,
-            misc=misc(earlier, reasoning_chunks=seen.reasoning_chunks),
-        )
+        return judge(seen, provider=PROVIDER, model_id=model_id, profile=profile,
+                     attempts=attempts, earlier=earlier,
+                     temperature=self.sent_temperature(profile),
+                     missing="a stop_reason" if seen.stopped else "message_stop",
+                     length_stop="max_tokens", deltas="thinking",
+                     output_key="output_tokens", input_key="input_tokens",
+                     region=self.region, request_mode=REQUEST_MODE)
 
     def _failure(self, model_id: str, profile: Profile, failed: AttemptFailed,
                  first_ts: datetime, attempts: int, earlier: list[dict[str, Any]]) -> Failure:

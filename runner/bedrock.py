@@ -16,19 +16,15 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-import bench_contract as contract
-
-from .failures import CallDeadlineExceeded, Classification, classify
-from .measuring import AttemptFailed as _AttemptFailed
-from .measuring import Stream as _Stream
-from .measuring import backoff_delay, decode_speed, misc, since, summary, visible_tokens
+from .failures import CallDeadlineExceeded, classify
+from .measuring import AttemptFailed, Stream, backoff_delay, judge, misc, summary
 from .provider import CatalogEntry, Listing, SetupError
 from .records import Failure, Profile, Result
 from .visible_tokens import EncodingUnavailable, encoding
@@ -288,7 +284,7 @@ class BedrockProvider:
         while True:
             attempt += 1
             outcome = self._attempt(ask, cap_at)
-            if isinstance(outcome, _Stream):
+            if isinstance(outcome, Stream):
                 calls += 1
                 verdict = self._judge(ask, outcome, calls, earlier)
                 if isinstance(verdict, Result):
@@ -312,7 +308,7 @@ class BedrockProvider:
             earlier.append(summary(outcome, attempt))
             self._sleep(delay)
 
-    def _attempt(self, ask: _Ask, cap_at: float) -> _Stream | _AttemptFailed:
+    def _attempt(self, ask: _Ask, cap_at: float) -> Stream | AttemptFailed:
         """One timed ConverseStream call, stopped at `cap_at`; a failure comes with its stage."""
         model_id, profile, client = ask.model_id, ask.profile, ask.client
         inference: dict[str, Any] = {"maxTokens": profile.max_tokens}
@@ -325,7 +321,7 @@ class BedrockProvider:
         try:
             self._credentials.get_frozen_credentials()
         except Exception as exc:  # noqa: BLE001 - a refresh failure is this model's failure
-            return _AttemptFailed(classify(exc, model_id=model_id), "setup",
+            return AttemptFailed(classify(exc, model_id=model_id), "setup",
                                   datetime.now(UTC), None, called=False)
         if time.monotonic() - client.last_used > IDLE_REWARM_SECONDS:
             self._warm_connections(client, 1, strict=False)
@@ -339,7 +335,7 @@ class BedrockProvider:
                 inferenceConfig=inference,
                 **extra,
             )
-            seen = _Stream(sent=self._sent.at or called,
+            seen = Stream(sent=self._sent.at or called,
                            run_ts=self._sent.wall if self._sent.at else called_wall)
             deadline = min(seen.sent + self.call_timeout, cap_at)
             request_id = seen.request_id = response["ResponseMetadata"].get("RequestId")
@@ -356,76 +352,22 @@ class BedrockProvider:
             sent_wall = seen.run_ts if seen else (self._sent.wall if self._sent.at
                                                   else called_wall)
             c = classify(exc, model_id=model_id)
-            return _AttemptFailed(c, stage, sent_wall, c.request_id or request_id)
+            return AttemptFailed(c, stage, sent_wall, c.request_id or request_id)
         finally:
             if stream is not None:
                 stream.close()
             client.last_used = time.monotonic()
 
-    def _judge(self, ask: _Ask, seen: _Stream, attempts: int,
-               earlier: list[dict[str, Any]]) -> Result | _AttemptFailed:
+    def _judge(self, ask: _Ask, seen: Stream, attempts: int,
+               earlier: list[dict[str, Any]]) -> Result | AttemptFailed:
         """Turn a complete stream into a Result, or a failure when it cannot be one."""
-        model_id, profile = ask.model_id, ask.profile
-        if seen.stop_reason is None:
-            return _AttemptFailed(
-                Classification("transient", "the stream ended without messageStop",
-                               "IncompleteStream", request_id=seen.request_id),
-                "stream", seen.run_ts, seen.request_id)
-        if seen.first_text is None and seen.stop_reason == "max_tokens":
-            return _AttemptFailed(
-                Classification(
-                    "budget_exhausted",
-                    f"{model_id} spent the whole budget of {profile.max_tokens} tokens "
-                    f"({seen.reasoning_chunks} reasoning deltas) without visible text; "
-                    f"raise --max-tokens for reasoning models, or add the "
-                    f"{contract.REASONING_PROFILE_ID} profile to --profiles",
-                    "BudgetExhausted", request_id=seen.request_id),
-                "stream", seen.run_ts, seen.request_id)
-        assert seen.end is not None
-        usage = seen.usage or {}
-        if isinstance(usage.get("outputTokens"), int):
-            output_tokens, token_source = usage["outputTokens"], "provider_usage"
-        else:
-            output_tokens, token_source = seen.chunks, "stream_chunks"
-        generate_time = seen.end - seen.sent
-        decode = decode_speed(output_tokens, seen)
-        visible = visible_tokens(output_tokens, token_source, seen)
-        ttft = since(seen.first_text, seen.sent)
-        return Result(
-            provider=PROVIDER,
-            model_name=model_id,
-            run_ts=seen.run_ts,
-            gen_ts=seen.run_ts + timedelta(seconds=generate_time),
-            output_tokens=output_tokens,
-            generate_time=generate_time,
-            tokens_per_second=output_tokens / generate_time,
-            region=ask.client.region,
-            benchmark_profile_id=profile.profile_id,
-            requested_tokens=profile.max_tokens,
-            temperature=ask.temperature,
-            input_tokens=usage.get("inputTokens"),
-            token_source=token_source,
-            time_to_first_token=ttft,
-            time_to_first_any_token=since(seen.first_any, seen.sent),
-            decode_tokens_per_second=decode,
-            server_latency_ms=seen.latency_ms,
-            stop_reason=seen.stop_reason,
-            request_id=seen.request_id,
-            attempts=attempts,
-            chunk_count=seen.chunks,
-            reasoning_tokens=seen.clock.reasoning_tokens() if seen.clock.had_reasoning else None,
-            reasoning_effort=ask.request.reasoning_effort,
-            ttft_available=ttft is not None,
-            generated_output_tokens=output_tokens,
-            visible_output_tokens=visible,
-            generated_tokens_per_second=output_tokens / generate_time,
-            visible_tokens_per_second=visible / generate_time,
-            time_to_64_visible_tokens_seconds=seen.clock.time_to_mark,
-            sample_role=profile.sample_role,
-            misc=misc(earlier, reasoning_chunks=seen.reasoning_chunks),
-        )
+        return judge(seen, provider=PROVIDER, model_id=ask.model_id, profile=ask.profile,
+                     attempts=attempts, earlier=earlier, temperature=ask.temperature,
+                     missing="messageStop", length_stop="max_tokens",
+                     output_key="outputTokens", input_key="inputTokens",
+                     region=ask.client.region, reasoning_effort=ask.request.reasoning_effort)
 
-    def _failure(self, ask: _Ask, failed: _AttemptFailed, first_ts: datetime, attempts: int,
+    def _failure(self, ask: _Ask, failed: AttemptFailed, first_ts: datetime, attempts: int,
                  earlier: list[dict[str, Any]]) -> Failure:
         c = failed.classification
         return Failure(
@@ -513,7 +455,7 @@ class BedrockProvider:
             self._control = None
 
 
-def _record(seen: _Stream, event: dict[str, Any], now: float) -> None:
+def _record(seen: Stream, event: dict[str, Any], now: float) -> None:
     """Fold one stream event into what the attempt saw."""
     if "contentBlockDelta" in event:
         delta = event["contentBlockDelta"].get("delta", {})

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import bench_contract as contract
 
 from .failures import Classification
+from .records import Profile, Result
 from .visible_tokens import VisibleTokenClock
 
 EARLIER_MESSAGE_CHARS = 300
@@ -136,3 +137,75 @@ def summary(failed: AttemptFailed, attempt: int) -> dict[str, Any]:
             "code": c.code or c.exc_type, "http_status": c.http_status,
             "request_id": failed.request_id, "ts": failed.run_ts.isoformat(),
             "message": c.message[:EARLIER_MESSAGE_CHARS]}
+
+
+def judge(seen: Stream, *, provider: str, model_id: str, profile: Profile, attempts: int,
+          earlier: list[dict[str, Any]], temperature: float | None, missing: str,
+          length_stop: str, output_key: str, input_key: str, deltas: str = "reasoning",
+          hidden_reasoning: bool = False, notes: dict[str, Any] | None = None,
+          **fields: Any) -> Result | AttemptFailed:
+    """Turn a complete stream into a Result, or a failure when it cannot be one.
+
+    The judgement is the same for every host, so a figure means the same everywhere;
+    each provider brings only its own words: what a stream that never stopped lacked
+    (`missing`), the stop reason that means the budget ran out (`length_stop`), its
+    usage keys, what it calls a reasoning delta, and its own Result fields (`fields`:
+    region, request_mode, ...; `notes`: extra misc after reasoning_chunks).
+    """
+    if seen.stop_reason is None:
+        return AttemptFailed(
+            Classification("transient", f"the stream ended without {missing}",
+                           "IncompleteStream", request_id=seen.request_id),
+            "stream", seen.run_ts, seen.request_id)
+    if seen.first_text is None and seen.stop_reason == length_stop:
+        return AttemptFailed(
+            Classification(
+                "budget_exhausted",
+                f"{model_id} spent the whole budget of {profile.max_tokens} tokens "
+                f"({seen.reasoning_chunks} {deltas} deltas) without visible text; "
+                f"raise --max-tokens for reasoning models, or add the "
+                f"{contract.REASONING_PROFILE_ID} profile to --profiles",
+                "BudgetExhausted", request_id=seen.request_id),
+            "stream", seen.run_ts, seen.request_id)
+    assert seen.end is not None
+    usage = seen.usage or {}
+    if isinstance(usage.get(output_key), int):
+        output_tokens, token_source = usage[output_key], contract.TOKEN_SOURCES[0]
+    else:
+        output_tokens, token_source = seen.chunks, contract.TOKEN_SOURCES[1]
+    generate_time = seen.end - seen.sent
+    visible = visible_tokens(output_tokens, token_source, seen,
+                             hidden_reasoning=hidden_reasoning)
+    ttft = since(seen.first_text, seen.sent)
+    return Result(
+        provider=provider,
+        model_name=model_id,
+        run_ts=seen.run_ts,
+        gen_ts=seen.run_ts + timedelta(seconds=generate_time),
+        output_tokens=output_tokens,
+        generate_time=generate_time,
+        tokens_per_second=output_tokens / generate_time,
+        benchmark_profile_id=profile.profile_id,
+        requested_tokens=profile.max_tokens,
+        temperature=temperature,
+        input_tokens=usage.get(input_key),
+        token_source=token_source,
+        time_to_first_token=ttft,
+        time_to_first_any_token=since(seen.first_any, seen.sent),
+        decode_tokens_per_second=decode_speed(output_tokens, seen),
+        server_latency_ms=seen.latency_ms,
+        stop_reason=seen.stop_reason,
+        request_id=seen.request_id,
+        attempts=attempts,
+        chunk_count=seen.chunks,
+        reasoning_tokens=seen.clock.reasoning_tokens() if seen.clock.had_reasoning else None,
+        ttft_available=ttft is not None,
+        generated_output_tokens=output_tokens,
+        visible_output_tokens=visible,
+        generated_tokens_per_second=output_tokens / generate_time,
+        visible_tokens_per_second=visible / generate_time,
+        time_to_64_visible_tokens_seconds=seen.clock.time_to_mark,
+        sample_role=profile.sample_role,
+        misc=misc(earlier, reasoning_chunks=seen.reasoning_chunks, **(notes or {})),
+        **fields,
+    )

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx2
@@ -35,11 +35,9 @@ from .measuring import (
     AttemptFailed,
     Stream,
     backoff_delay,
-    decode_speed,
+    judge,
     misc,
-    since,
     summary,
-    visible_tokens,
 )
 from .openai_endpoints import Endpoint
 from .provider import CatalogEntry, SetupError
@@ -275,65 +273,17 @@ class OpenAICompatibleProvider:
 
     def _judge(self, model_id: str, profile: Profile, seen: Stream, attempts: int,
                earlier: list[dict[str, Any]]) -> Result | AttemptFailed:
-        """Turn a complete stream into a Result, or a failure when it cannot be one."""
-        if seen.stop_reason is None:
-            return AttemptFailed(
-                Classification("transient", "the stream ended without a finish_reason",
-                               "IncompleteStream", request_id=seen.request_id),
-                "stream", seen.run_ts, seen.request_id)
-        if seen.first_text is None and seen.stop_reason == "length":
-            return AttemptFailed(
-                Classification(
-                    "budget_exhausted",
-                    f"{model_id} spent the whole budget of {profile.max_tokens} tokens "
-                    f"({seen.reasoning_chunks} reasoning deltas) without visible text; "
-                    f"raise --max-tokens for reasoning models, or add the "
-                    f"{contract.REASONING_PROFILE_ID} profile to --profiles",
-                    "BudgetExhausted", request_id=seen.request_id),
-                "stream", seen.run_ts, seen.request_id)
-        assert seen.end is not None
-        usage = seen.usage or {}
-        if isinstance(usage.get("completion_tokens"), int):
-            output_tokens, token_source = usage["completion_tokens"], "provider_usage"
-        else:
-            output_tokens, token_source = seen.chunks, "stream_chunks"
-        hidden = usage.get("reasoning_tokens") or 0
-        generate_time = seen.end - seen.sent
-        visible = visible_tokens(output_tokens, token_source, seen,
-                                 hidden_reasoning=hidden > 0)
-        ttft = since(seen.first_text, seen.sent)
-        return Result(
-            provider=self.name,
-            model_name=model_id,
-            run_ts=seen.run_ts,
-            gen_ts=seen.run_ts + timedelta(seconds=generate_time),
-            output_tokens=output_tokens,
-            generate_time=generate_time,
-            tokens_per_second=output_tokens / generate_time,
-            benchmark_profile_id=profile.profile_id,
-            requested_tokens=profile.max_tokens,
-            temperature=profile.temperature,
-            input_tokens=usage.get("prompt_tokens"),
-            token_source=token_source,
-            time_to_first_token=ttft,
-            time_to_first_any_token=since(seen.first_any, seen.sent),
-            decode_tokens_per_second=decode_speed(output_tokens, seen),
-            stop_reason=seen.stop_reason,
-            request_id=seen.request_id,
-            attempts=attempts,
-            chunk_count=seen.chunks,
-            reasoning_tokens=seen.clock.reasoning_tokens() if seen.clock.had_reasoning else None,
-            request_mode=contract.OPENAI_CHAT_MODE,
-            ttft_available=ttft is not None,
-            generated_output_tokens=output_tokens,
-            visible_output_tokens=visible,
-            generated_tokens_per_second=output_tokens / generate_time,
-            visible_tokens_per_second=visible / generate_time,
-            time_to_64_visible_tokens_seconds=seen.clock.time_to_mark,
-            sample_role=profile.sample_role,
-            misc=misc(earlier, reasoning_chunks=seen.reasoning_chunks,
-                      usage_reasoning_tokens=hidden),
-        )
+        """Turn a complete stream into a Result, or a failure when it cannot be one.
+
+        Some hosts report reasoning only in usage (no reasoning deltas): then usage's
+        count is not all visible, and the visible text is counted instead."""
+        hidden = (seen.usage or {}).get("reasoning_tokens") or 0
+        return judge(seen, provider=self.name, model_id=model_id, profile=profile,
+                     attempts=attempts, earlier=earlier, temperature=profile.temperature,
+                     missing="a finish_reason", length_stop="length",
+                     output_key="completion_tokens", input_key="prompt_tokens",
+                     hidden_reasoning=hidden > 0, notes={"usage_reasoning_tokens": hidden},
+                     request_mode=contract.OPENAI_CHAT_MODE)
 
     def _failure(self, model_id: str, profile: Profile, failed: AttemptFailed,
                  first_ts: datetime, attempts: int, earlier: list[dict[str, Any]]) -> Failure:
