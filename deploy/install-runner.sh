@@ -2,11 +2,14 @@
 # Install or upgrade bench-runner on an EC2 instance, from this checkout.
 #
 #   sudo deploy/install-runner.sh            # install, or upgrade in place
+#   sudo RUNNER_EXTRAS=openai deploy/install-runner.sh   # also the openai client
 #   DESTDIR=/tmp/root deploy/install-runner.sh   # stage under another root
 #
 # What it does, each step safe to repeat:
 #   1. a virtualenv at /opt/bench-runner with this checkout's `.[runner]` only
-#      (no Flask, no pymongo), every dependency at the version
+#      (no Flask, no pymongo), plus the vendor clients RUNNER_EXTRAS names
+#      (comma-separated: openai, anthropic; for --provider openai-compatible
+#      and its presets, and --provider anthropic), every dependency at the version
 #      deploy/runner-constraints.txt pins and from a wheel, so no dependency's
 #      build code runs as root; a rerun upgrades it in place;
 #   2. /etc/bench-runner/runner.env from deploy/runner.env.example, mode 0600,
@@ -49,6 +52,16 @@ find_python() {
 if [[ -z "$ROOT" && "$(id -u)" -ne 0 ]]; then
     die "installing to / needs root: sudo $0 (or DESTDIR=/some/dir $0 to stage)"
 fi
+EXTRAS="runner"
+IFS=',' read -r -a wanted <<< "${RUNNER_EXTRAS:-}"
+for extra in "${wanted[@]}"; do
+    extra="${extra// /}"
+    case "$extra" in
+        "") ;;
+        openai|anthropic) EXTRAS="$EXTRAS,$extra" ;;
+        *) die "RUNNER_EXTRAS: unknown extra '$extra' (known: openai, anthropic; comma-separated)" ;;
+    esac
+done
 PY="$(find_python)" || die "Python 3.11 or newer not found; install it (Amazon Linux 2023: dnf install -y python3.11) or set PYTHON=/path/to/python3.11"
 
 # 1. The virtualenv. A venv whose interpreter is gone (OS upgrade) is rebuilt.
@@ -60,8 +73,9 @@ else
 fi
 # Pinned versions, wheels only: nothing a dependency ships is built or run as root here.
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade \
-    --constraint "$CONSTRAINTS" --only-binary=:all: "$SRC[runner]"
+    --constraint "$CONSTRAINTS" --only-binary=:all: "$SRC[$EXTRAS]"
 "$VENV/bin/bench-runner" --help >/dev/null || die "$VENV/bin/bench-runner does not start"
+say "installed the extras $EXTRAS"
 say "installed $("$VENV/bin/python" -c 'from importlib.metadata import version; print("bench-ingest", version("bench-ingest"))')"
 
 # 2. The environment file: created once, never overwritten (it holds the key).

@@ -307,10 +307,12 @@ def copy_checkout(dest: Path) -> Path:
     return dest
 
 
-def run_installer(checkout: Path, root: Path) -> subprocess.CompletedProcess:
+def run_installer(checkout: Path, root: Path,
+                  extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run a checkout's install script against a temporary root, as an operator would."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_TARGET")}
-    env.update(DESTDIR=str(root), PYTHON=sys.executable)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PIP_TARGET") and k != "RUNNER_EXTRAS"}
+    env.update(DESTDIR=str(root), PYTHON=sys.executable, **(extra_env or {}))
     return subprocess.run(["bash", str(checkout / "deploy" / "install-runner.sh")], env=env,
                           cwd=checkout.parent, capture_output=True, text=True, timeout=300,
                           check=False)
@@ -324,10 +326,13 @@ def venv_has(python: Path, module: str) -> bool:
                           check=False).returncode == 0
 
 
-def pinned_versions() -> dict[str, str]:
-    """name -> version of every pin in deploy/runner-constraints.txt."""
+def pinned_versions(*, extras: bool = False) -> dict[str, str]:
+    """name -> version of the pins in deploy/runner-constraints.txt: those of `.[runner]`,
+    or with `extras` those of `.[runner,openai,anthropic]` too (after the RUNNER_EXTRAS line)."""
     pins = {}
     for line in (DEPLOY / "runner-constraints.txt").read_text().splitlines():
+        if line.startswith("# RUNNER_EXTRAS") and not extras:
+            break
         line = line.split("#", 1)[0].strip()
         if line:
             name, _, pinned = line.partition("==")
@@ -372,6 +377,7 @@ def test_install_runner_builds_a_runner_only_venv_and_reruns_in_place(tmp_path):
     assert installed_versions(venv_python) == pinned_versions(), first.stdout
     assert not venv_has(venv_python, "flask")
     assert not venv_has(venv_python, "pymongo")
+    assert not venv_has(venv_python, "openai") and not venv_has(venv_python, "anthropic")
     help_out = subprocess.run([str(root / "opt/bench-runner/bin/bench-runner"), "--help"],
                               capture_output=True, text=True, timeout=60, check=False)
     assert help_out.returncode == 0 and "once" in help_out.stdout
@@ -404,6 +410,28 @@ def test_install_runner_builds_a_runner_only_venv_and_reruns_in_place(tmp_path):
                            capture_output=True, text=True, timeout=60, check=False)
     assert probe.returncode == 0, "the rerun kept the old code: " + probe.stderr
     assert "s" * 40 not in second.stdout + second.stderr
+
+
+@pytest.mark.timeout(600)
+def test_install_runner_adds_the_vendor_clients_runner_extras_names_at_their_pins(tmp_path):
+    root = tmp_path / "root"
+    checkout = copy_checkout(tmp_path / "checkout")
+    env = {"RUNNER_EXTRAS": "openai, anthropic"}
+    done = run_installer(checkout, root, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "installed the extras runner,openai,anthropic" in done.stdout
+    venv_python = root / "opt/bench-runner/bin/python"
+    assert venv_has(venv_python, "openai") and venv_has(venv_python, "anthropic")
+    assert installed_versions(venv_python) == pinned_versions(extras=True), done.stdout
+    assert not venv_has(venv_python, "flask")
+
+
+def test_install_runner_refuses_an_unknown_extra_before_touching_anything(tmp_path):
+    root = tmp_path / "root"
+    done = run_installer(copy_checkout(tmp_path / "checkout"), root, {"RUNNER_EXTRAS": "ingest"})
+    assert done.returncode != 0
+    assert "RUNNER_EXTRAS: unknown extra 'ingest' (known: openai, anthropic" in done.stderr
+    assert not (root / "opt").exists()
 
 
 def test_install_runner_refuses_the_real_root_without_root_rights():
