@@ -36,6 +36,24 @@ log = logging.getLogger(__name__)
 
 GEO_PREFIXES = ("us.", "eu.", "apac.", "global.")
 STREAMS_KEPT = 1000
+
+
+def lateness_entry(lateness: list[tuple[str, float]]) -> dict[str, float] | None:
+    """How late a completed stream's deltas left against its plan (seconds), or None
+    when it had no deltas; every simulator keeps the same figures, so one benchmark
+    reads them all."""
+    deltas = [(kind, late) for kind, late in lateness if kind in ("text", "reasoning")]
+    if not deltas:
+        return None
+    entry = {"first_any": deltas[0][1], "last": deltas[-1][1],
+             "max": max(late for _, late in deltas), "end": lateness[-1][1]}
+    first_text = next((late for kind, late in deltas if kind == "text"), None)
+    if first_text is not None:
+        entry["first_text"] = first_text
+    mark = next((late for kind, late in lateness if kind == "mark"), None)
+    if mark is not None:
+        entry["visible_64"] = mark
+    return entry
 # The maxTokens of the runner's profiles (bench_contract.PROFILES).
 PLANNED_BUDGETS = tuple(sorted({budget for budget, _ in contract.PROFILES.values()}))
 
@@ -398,17 +416,9 @@ class SimulatorServer(ThreadingHTTPServer):
     def record_stream(self, request_id: str, lateness: list[tuple[str, float]]) -> None:
         """Keep how late a completed stream's deltas left against its plan (seconds)."""
         # A benchmark uses it to tell this process's scheduling delays from the runner's error.
-        deltas = [(kind, late) for kind, late in lateness if kind in ("text", "reasoning")]
-        if not deltas:
+        entry = lateness_entry(lateness)
+        if entry is None:
             return
-        first_text = next((late for kind, late in deltas if kind == "text"), None)
-        entry = {"first_any": deltas[0][1], "last": deltas[-1][1],
-                 "max": max(late for _, late in deltas), "end": lateness[-1][1]}
-        if first_text is not None:
-            entry["first_text"] = first_text
-        mark = next((late for kind, late in lateness if kind == "mark"), None)
-        if mark is not None:
-            entry["visible_64"] = mark
         with self._lock:
             self.streams[request_id] = entry
             while len(self.streams) > STREAMS_KEPT:

@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .simulator import PLANNED_BUDGETS, STREAMS_KEPT, Delta, StreamPlan, _plan
+from .simulator import PLANNED_BUDGETS, STREAMS_KEPT, Delta, StreamPlan, _plan, lateness_entry
 
 log = logging.getLogger(__name__)
 
@@ -175,17 +175,9 @@ class SSEServer(ThreadingHTTPServer):
 
     def record_stream(self, request_id: str, lateness: list[tuple[str, float]]) -> None:
         """Keep how late a completed stream's deltas left against its plan (seconds)."""
-        deltas = [(kind, late) for kind, late in lateness if kind in ("text", "reasoning")]
-        if not deltas:
+        entry = lateness_entry(lateness)
+        if entry is None:
             return
-        entry = {"first_any": deltas[0][1], "last": deltas[-1][1],
-                 "max": max(late for _, late in deltas), "end": lateness[-1][1]}
-        first_text = next((late for kind, late in deltas if kind == "text"), None)
-        if first_text is not None:
-            entry["first_text"] = first_text
-        mark = next((late for kind, late in lateness if kind == "mark"), None)
-        if mark is not None:
-            entry["visible_64"] = mark
         with self._lock:
             self.streams[request_id] = entry
             while len(self.streams) > STREAMS_KEPT:
