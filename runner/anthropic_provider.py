@@ -102,6 +102,7 @@ class AnthropicProvider:
         self._sent = threading.local()
         self._last_used = time.monotonic()
         self._takes_temperature = False
+        self._parameters: frozenset[str] = frozenset()
         self._warned_temperature = False
 
     # Set-up
@@ -149,8 +150,8 @@ class AnthropicProvider:
             timeout=timeout, limits=limits, event_hooks={"request": [self._mark_sent]})
         client = anthropic.Anthropic(api_key=key, base_url=base_url, max_retries=0,
                                      timeout=timeout, http_client=self._http)
-        self._takes_temperature = "temperature" in inspect.signature(
-            client.messages.create).parameters
+        self._parameters = frozenset(inspect.signature(client.messages.create).parameters)
+        self._takes_temperature = "temperature" in self._parameters
         return client
 
     def _warm_connections(self, count: int, *, strict: bool) -> None:
@@ -226,11 +227,14 @@ class AnthropicProvider:
                 request: Any = None) -> Result | Failure:
         """Measure one model, retrying throttling, transient faults and timeouts a few times.
 
-        Of the worklist's settings (`request`), only omit_temperature applies here; the
-        extra fields and the region are Bedrock's.
+        Of the worklist's settings (`request`), omit_temperature and the extra request
+        fields apply here (a `thinking` block is a Messages API parameter, as it is
+        an extra field on Bedrock); the region is Bedrock's.
         """
         if request is not None and request.omit_temperature:
             profile = dataclasses.replace(profile, temperature=None)
+        extra = dict(request.additional_fields or {}) if request is not None else {}
+        effort = request.reasoning_effort if request is not None else None
         if self._client is None:
             self.warm()
         earlier: list[dict[str, Any]] = []
@@ -239,10 +243,10 @@ class AnthropicProvider:
         cap_at = time.perf_counter() + self.call_timeout
         while True:
             attempt += 1
-            outcome = self._attempt(model_id, profile, cap_at)
+            outcome = self._attempt(model_id, profile, cap_at, extra)
             if isinstance(outcome, Stream):
                 calls += 1
-                verdict = self._judge(model_id, profile, outcome, calls, earlier)
+                verdict = self._judge(model_id, profile, outcome, calls, earlier, effort)
                 if isinstance(verdict, Result):
                     return verdict
                 outcome = verdict
@@ -263,10 +267,20 @@ class AnthropicProvider:
             earlier.append(_summary(outcome, attempt))
             self._sleep(delay)
 
-    def _request(self, model_id: str, profile: Profile) -> dict[str, Any]:
+    def _request(self, model_id: str, profile: Profile,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
         request: dict[str, Any] = {
             "model": model_id, "max_tokens": profile.max_tokens, "stream": True,
             "messages": [{"role": "user", "content": profile.prompt}]}
+        body: dict[str, Any] = {}
+        for key, value in (extra or {}).items():
+            if key in request:
+                continue  # the profile decides model, budget, prompt and streaming
+            # A parameter messages.create names (`thinking`, ...) is passed as one; any
+            # other field goes into the body as it is, as Bedrock sends its extra fields.
+            (request if key in self._parameters else body)[key] = value
+        if body:
+            request["extra_body"] = body
         if profile.temperature is not None:
             if self._takes_temperature:
                 request["temperature"] = profile.temperature
@@ -281,13 +295,13 @@ class AnthropicProvider:
         """The temperature a request for `profile` carries (None: left out)."""
         return profile.temperature if self._takes_temperature else None
 
-    def _attempt(self, model_id: str, profile: Profile,
-                 cap_at: float) -> _Stream | AttemptFailed:
+    def _attempt(self, model_id: str, profile: Profile, cap_at: float,
+                 extra: dict[str, Any] | None = None) -> _Stream | AttemptFailed:
         """One timed streamed call, stopped at `cap_at`; a failure comes with its stage."""
         assert self._client is not None
         if time.monotonic() - self._last_used > IDLE_REWARM_SECONDS:
             self._warm_connections(1, strict=False)
-        request = self._request(model_id, profile)
+        request = self._request(model_id, profile, extra)
         self._sent.at = None
         called_wall, called = datetime.now(UTC), time.perf_counter()
         stage, stream, seen = "call", None, None
@@ -318,7 +332,8 @@ class AnthropicProvider:
             self._last_used = time.monotonic()
 
     def _judge(self, model_id: str, profile: Profile, seen: _Stream, attempts: int,
-               earlier: list[dict[str, Any]]) -> Result | AttemptFailed:
+               earlier: list[dict[str, Any]],
+               reasoning_effort: str | None = None) -> Result | AttemptFailed:
         """Turn a complete stream into a Result, or a failure when it cannot be one."""
         return judge(seen, provider=PROVIDER, model_id=model_id, profile=profile,
                      attempts=attempts, earlier=earlier,
@@ -326,7 +341,8 @@ class AnthropicProvider:
                      missing="a stop_reason" if seen.stopped else "message_stop",
                      length_stop="max_tokens", deltas="thinking",
                      output_key="output_tokens", input_key="input_tokens",
-                     region=self.region, request_mode=REQUEST_MODE)
+                     region=self.region, request_mode=REQUEST_MODE,
+                     reasoning_effort=reasoning_effort)
 
     def _failure(self, model_id: str, profile: Profile, failed: AttemptFailed,
                  first_ts: datetime, attempts: int, earlier: list[dict[str, Any]]) -> Failure:

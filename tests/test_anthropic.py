@@ -137,6 +137,32 @@ def test_thinking_deltas_are_reasoning_never_visible(provider_for):
     assert result.misc == {"reasoning_chunks": 4}
 
 
+def test_a_thinking_block_from_the_worklist_is_sent_and_stored_as_reasoning_effort(
+        provider_for):
+    from runner.worklist import ModelSettings
+
+    _, provider = provider_for({"t": AnthropicBehaviour(ttft=0.01, gap=0.002,
+                                                          reasoning_tokens=8,
+                                                          output_tokens=16)})
+    sent = []
+    provider._http.event_hooks["request"].append(lambda request: sent.append(request))
+    settings = ModelSettings(additional_fields={
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "service_tier": "standard_only",  # a parameter messages.create names
+        "top_k_hint": 3,  # one it does not: sent in the body as it is
+        "max_tokens": 9999})  # the profile's budget stands
+    result = _result(provider.measure("t", PROFILE, settings))
+    (request,) = sent
+    body = json.loads(request.content)
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    assert (body["service_tier"], body["top_k_hint"]) == ("standard_only", 3)
+    assert body["max_tokens"] == PROFILE.max_tokens
+    assert result.reasoning_effort == "budget_tokens=1024"
+    assert result.to_payload()["reasoning_effort"] == "budget_tokens=1024"
+    # Without settings nothing was asked, and the row says so.
+    assert _result(provider.measure("t", PROFILE)).reasoning_effort is None
+
+
 def test_thinking_through_the_whole_budget_is_budget_exhausted(provider_for):
     _, provider = provider_for({"t": AnthropicBehaviour(ttft=0.01, gap=0.002,
                                                         reasoning_tokens=80)})
