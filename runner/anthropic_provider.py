@@ -40,13 +40,14 @@ import httpx2
 
 import bench_contract as contract
 
-from .failures import CallDeadlineExceeded, Classification, classify
+from .failures import Classification, classify
 from .measuring import (
     AttemptFailed,
     Stream,
     backoff_delay,
     judge,
     misc,
+    read_stream,
     summary,
 )
 from .provider import CatalogEntry, SetupError
@@ -312,14 +313,7 @@ class AnthropicProvider:
                            request_id=stream.response.headers.get("request-id"))
             deadline = min(seen.sent + self.call_timeout, cap_at)
             stage = "stream"
-            for event in stream:
-                now = time.perf_counter()
-                _record(seen, event, now)
-                if now > deadline:
-                    raise CallDeadlineExceeded(
-                        f"the stream was still running after {self.call_timeout:g} s")
-            seen.end = time.perf_counter()
-            return seen
+            return read_stream(seen, stream, _record, deadline, self.call_timeout)
         except Exception as exc:  # noqa: BLE001 - every failure of a call becomes a record
             sent_wall = seen.run_ts if seen else (self._sent.wall if self._sent.at
                                                   else called_wall)

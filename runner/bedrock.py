@@ -23,8 +23,16 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .failures import CallDeadlineExceeded, classify
-from .measuring import AttemptFailed, Stream, backoff_delay, judge, misc, summary
+from .failures import classify
+from .measuring import (
+    AttemptFailed,
+    Stream,
+    backoff_delay,
+    judge,
+    misc,
+    read_stream,
+    summary,
+)
 from .provider import CatalogEntry, Listing, SetupError
 from .records import Failure, Profile, Result
 from .visible_tokens import EncodingUnavailable, encoding
@@ -340,14 +348,7 @@ class BedrockProvider:
             deadline = min(seen.sent + self.call_timeout, cap_at)
             request_id = seen.request_id = response["ResponseMetadata"].get("RequestId")
             stream, stage = response["stream"], "stream"
-            for event in stream:
-                now = time.perf_counter()
-                _record(seen, event, now)
-                if now > deadline:
-                    raise CallDeadlineExceeded(
-                        f"the stream was still running after {self.call_timeout:g} s")
-            seen.end = time.perf_counter()
-            return seen
+            return read_stream(seen, stream, _record, deadline, self.call_timeout)
         except Exception as exc:  # noqa: BLE001 - every failure of a call becomes a record
             sent_wall = seen.run_ts if seen else (self._sent.wall if self._sent.at
                                                   else called_wall)

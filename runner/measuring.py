@@ -8,13 +8,15 @@ section 3) from it by the same functions, so a figure means the same for every h
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import bench_contract as contract
 
-from .failures import Classification
+from .failures import CallDeadlineExceeded, Classification
 from .records import Profile, Result
 from .visible_tokens import VisibleTokenClock
 
@@ -209,3 +211,19 @@ def judge(seen: Stream, *, provider: str, model_id: str, profile: Profile, attem
         misc=misc(earlier, reasoning_chunks=seen.reasoning_chunks, **(notes or {})),
         **fields,
     )
+
+
+def read_stream(seen: Stream, events: Iterable[Any], record: Callable[[Stream, Any, float], None],
+                deadline: float, call_timeout: float) -> Stream:
+    """Read a provider's stream to its end, each event handed to `record` with when it came.
+
+    Raises CallDeadlineExceeded once an event arrives past `deadline`; `seen.end` is when
+    the stream ended.
+    """
+    for event in events:
+        now = time.perf_counter()
+        record(seen, event, now)
+        if now > deadline:
+            raise CallDeadlineExceeded(f"the stream was still running after {call_timeout:g} s")
+    seen.end = time.perf_counter()
+    return seen

@@ -30,13 +30,14 @@ import openai
 
 import bench_contract as contract
 
-from .failures import CallDeadlineExceeded, Classification, classify, redact
+from .failures import Classification, classify, redact
 from .measuring import (
     AttemptFailed,
     Stream,
     backoff_delay,
     judge,
     misc,
+    read_stream,
     summary,
 )
 from .openai_endpoints import Endpoint
@@ -252,14 +253,7 @@ class OpenAICompatibleProvider:
             seen.request_id = stream.response.headers.get("x-request-id")
             deadline = min(seen.sent + self.call_timeout, cap_at)
             stage = "stream"
-            for chunk in stream:
-                now = time.perf_counter()
-                _record(seen, chunk, now)
-                if now > deadline:
-                    raise CallDeadlineExceeded(
-                        f"the stream was still running after {self.call_timeout:g} s")
-            seen.end = time.perf_counter()
-            return seen
+            return read_stream(seen, stream, _record, deadline, self.call_timeout)
         except Exception as exc:  # noqa: BLE001 - every failure of a call becomes a record
             sent_wall = seen.run_ts if seen else (self._sent.wall if self._sent.at
                                                   else called_wall)

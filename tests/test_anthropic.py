@@ -25,12 +25,11 @@ from runner.anthropic_provider import (
 from runner.anthropic_simulator import AnthropicSimulatorConfig
 from runner.failures import classify
 from runner.provider import SetupError, get_provider
-from runner.records import Failure, Profile, Result
+from runner.records import Profile, Result
 from runner.sse_simulator import SSEBehaviour as AnthropicBehaviour
+from tests.support.measuring import assert_close, failure_of, result_of
 
 PROFILE = Profile(max_tokens=64)
-EARLY = 0.005
-LATE = 0.06
 
 
 @pytest.fixture
@@ -55,19 +54,7 @@ def provider_for(anthropic_sim):
         provider.close()
 
 
-def _result(outcome: Result | Failure) -> Result:
-    assert isinstance(outcome, Result), outcome
-    return outcome
 
-
-def _failure(outcome: Result | Failure) -> Failure:
-    assert isinstance(outcome, Failure), outcome
-    return outcome
-
-
-def _assert_close(measured: float | None, truth: float | None) -> None:
-    assert measured is not None and truth is not None
-    assert truth - EARLY <= measured <= truth + LATE, (measured, truth)
 
 
 def _assert_figures_match(result: Result, sim, model_id: str) -> None:
@@ -75,14 +62,14 @@ def _assert_figures_match(result: Result, sim, model_id: str) -> None:
     plan = sim.config.plan(model_id, PROFILE.max_tokens)
     late = sim.stats()["streams"][result.request_id]
     assert late["max"] < 0.5, "the simulator ran too late for a meaningful check"
-    _assert_close(result.time_to_first_token, plan.time_to_first_token + late["first_text"])
-    _assert_close(result.time_to_first_any_token,
+    assert_close(result.time_to_first_token, plan.time_to_first_token + late["first_text"])
+    assert_close(result.time_to_first_any_token,
                   plan.time_to_first_any_token + late["first_any"])
-    _assert_close(result.generate_time, plan.generate_time + late["end"])
+    assert_close(result.generate_time, plan.generate_time + late["end"])
     assert result.output_tokens == plan.output_tokens
     assert result.visible_output_tokens == plan.visible_output_tokens
     if plan.time_to_64_visible_tokens is not None:
-        _assert_close(result.time_to_64_visible_tokens_seconds,
+        assert_close(result.time_to_64_visible_tokens_seconds,
                       plan.time_to_64_visible_tokens + late["visible_64"])
 
 
@@ -95,7 +82,7 @@ def test_figures_match_the_plan_and_block_starts_do_not_stop_the_clock(provider_
     sim, provider = provider_for({"m": AnthropicBehaviour(ttft=0.3, gap=0.02,
                                                           tokens_per_delta=2,
                                                           output_tokens=64)})
-    result = _result(provider.measure("m", PROFILE))
+    result = result_of(provider.measure("m", PROFILE))
     _assert_figures_match(result, sim, "m")
     assert result.time_to_first_token > 0.29
     assert result.provider == "anthropic"
@@ -110,7 +97,7 @@ def test_usage_input_from_message_start_output_from_message_delta(provider_for):
     _, provider = provider_for({"m": AnthropicBehaviour(ttft=0.01, gap=0.005,
                                                         tokens_per_delta=5, output_tokens=40,
                                                         input_tokens=37)})
-    result = _result(provider.measure("m", PROFILE))
+    result = result_of(provider.measure("m", PROFILE))
     # Deltas of 5 tokens: counting chunks would say 8, usage says 40.
     assert (result.input_tokens, result.output_tokens, result.chunk_count) == (37, 40, 8)
     assert result.token_source == "provider_usage"
@@ -122,7 +109,7 @@ def test_thinking_deltas_are_reasoning_never_visible(provider_for):
                                                           tokens_per_delta=4,
                                                           reasoning_tokens=16,
                                                           output_tokens=24)})
-    result = _result(provider.measure("t", PROFILE))
+    result = result_of(provider.measure("t", PROFILE))
     plan = sim.config.plan("t", PROFILE.max_tokens)
     _assert_figures_match(result, sim, "t")
     # First any token at the first thinking_delta; first token at the first text_delta.
@@ -151,7 +138,7 @@ def test_a_thinking_block_from_the_worklist_is_sent_and_stored_as_reasoning_effo
         "service_tier": "standard_only",  # a parameter messages.create names
         "top_k_hint": 3,  # one it does not: sent in the body as it is
         "max_tokens": 9999})  # the profile's budget stands
-    result = _result(provider.measure("t", PROFILE, settings))
+    result = result_of(provider.measure("t", PROFILE, settings))
     (request,) = sent
     body = json.loads(request.content)
     assert body["thinking"] == {"type": "enabled", "budget_tokens": 1024}
@@ -160,13 +147,13 @@ def test_a_thinking_block_from_the_worklist_is_sent_and_stored_as_reasoning_effo
     assert result.reasoning_effort == "budget_tokens=1024"
     assert result.to_payload()["reasoning_effort"] == "budget_tokens=1024"
     # Without settings nothing was asked, and the row says so.
-    assert _result(provider.measure("t", PROFILE)).reasoning_effort is None
+    assert result_of(provider.measure("t", PROFILE)).reasoning_effort is None
 
 
 def test_thinking_through_the_whole_budget_is_budget_exhausted(provider_for):
     _, provider = provider_for({"t": AnthropicBehaviour(ttft=0.01, gap=0.002,
                                                         reasoning_tokens=80)})
-    failure = _failure(provider.measure("t", PROFILE))
+    failure = failure_of(provider.measure("t", PROFILE))
     assert (failure.error_kind, failure.stage, failure.attempts) == ("budget_exhausted",
                                                                      "stream", 1)
 
@@ -177,7 +164,7 @@ def test_the_clock_starts_where_the_request_leaves_not_where_the_call_is_made(pr
     # 0.2 s of work inside the call before the request reaches the transport (as the SDK's
     # own request building, only longer): a clock started at the call would carry it.
     provider._http.event_hooks["request"].insert(0, lambda request: time.sleep(0.2))
-    result = _result(provider.measure("m", PROFILE))
+    result = result_of(provider.measure("m", PROFILE))
     _assert_figures_match(result, sim, "m")
 
 
@@ -187,7 +174,7 @@ def test_no_temperature_is_sent_on_2026_10_21_and_the_row_says_so(provider_for):
     sent = []
     provider._http.event_hooks["request"].append(lambda request: sent.append(request))
     assert provider.api_version == "2026-10-21"
-    result = _result(provider.measure("m", Profile(max_tokens=64, temperature=0.1)))
+    result = result_of(provider.measure("m", Profile(max_tokens=64, temperature=0.1)))
     # The simulator refuses a sampling parameter on this version, so a result proves none
     # was sent; the row stores what was sent.
     assert result.temperature is None
@@ -255,7 +242,7 @@ def test_refused_calls_are_classified_with_the_vendor_error_type(provider_for, e
                                                                   status, code, retried):
     _, provider = provider_for({"m": AnthropicBehaviour(error=error, retry_after=None)},
                                retries=2)
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert (failure.error_kind, failure.http_status, failure.provider_error_code) == (
         kind, status, code)
     assert failure.stage == "call"
@@ -267,7 +254,7 @@ def test_429_waits_at_least_its_retry_after_then_succeeds(provider_for):
     _, provider = provider_for({"m": AnthropicBehaviour(ttft=0.01, gap=0.002, output_tokens=8,
                                                         error="rate_limit", retry_after=7,
                                                         fail_first_calls=1)})
-    result = _result(provider.measure("m", PROFILE))
+    result = result_of(provider.measure("m", PROFILE))
     assert result.attempts == 2
     assert provider.sleeps == [7.0]  # not the 0.02 s the backoff alone would wait
     (earlier,) = result.misc["earlier_attempts"]
@@ -278,7 +265,7 @@ def test_429_waits_at_least_its_retry_after_then_succeeds(provider_for):
 def test_a_retry_after_past_the_call_cap_ends_the_model_at_once(provider_for):
     _, provider = provider_for({"m": AnthropicBehaviour(error="rate_limit", retry_after=30)},
                                call_timeout=5)
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert (failure.error_kind, failure.attempts) == ("throttled", 1)
     assert failure.misc["retry_after_seconds"] == 30.0
     assert provider.sleeps == []
@@ -286,7 +273,7 @@ def test_a_retry_after_past_the_call_cap_ends_the_model_at_once(provider_for):
 
 def test_unknown_model_is_unavailable_with_a_hint(provider_for):
     _, provider = provider_for({"m": AnthropicBehaviour()})
-    failure = _failure(provider.measure("claude-does-not-exist", PROFILE))
+    failure = failure_of(provider.measure("claude-does-not-exist", PROFILE))
     assert (failure.error_kind, failure.http_status, failure.provider_error_code) == (
         "model_unavailable", 404, "not_found_error")
     assert failure.misc["hint"] == UNKNOWN_MODEL_HINT
@@ -294,7 +281,7 @@ def test_unknown_model_is_unavailable_with_a_hint(provider_for):
 
 def test_prompt_too_long_is_an_invalid_request_with_a_hint(provider_for):
     _, provider = provider_for({"m": AnthropicBehaviour(error="prompt_too_long")})
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert "prompt is too long" in failure.message
     assert failure.misc["hint"] == CONTEXT_HINT
 
@@ -303,7 +290,7 @@ def test_mid_stream_error_event_keeps_its_type_from_the_body(provider_for):
     sim, provider = provider_for({"m": AnthropicBehaviour(ttft=0.01, gap=0.002,
                                                           stream_error="overloaded_error",
                                                           error_after_deltas=3)}, retries=0)
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert (failure.error_kind, failure.stage, failure.provider_error_code) == (
         "transient", "stream", "overloaded_error")
     assert failure.exc_type == "APIStatusError"
@@ -327,7 +314,7 @@ def test_mid_stream_error_then_success_reports_only_the_last_attempt(provider_fo
                                                           stream_error="api_error",
                                                           error_after_deltas=2,
                                                           fail_first_calls=1)})
-    result = _result(provider.measure("m", PROFILE))
+    result = result_of(provider.measure("m", PROFILE))
     assert result.attempts == 2
     assert result.misc["earlier_attempts"][0]["code"] == "api_error"
     _assert_figures_match(result, sim, "m")
@@ -336,7 +323,7 @@ def test_mid_stream_error_then_success_reports_only_the_last_attempt(provider_fo
 def test_cut_connection_is_a_transient_failure_in_the_stream(provider_for):
     _, provider = provider_for({"m": AnthropicBehaviour(ttft=0.01, gap=0.002,
                                                         cut_after_deltas=4)}, retries=1)
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert (failure.error_kind, failure.stage, failure.attempts) == ("transient", "stream", 2)
     assert failure.exc_type == "RemoteProtocolError"
 
@@ -344,7 +331,7 @@ def test_cut_connection_is_a_transient_failure_in_the_stream(provider_for):
 def test_stream_without_message_stop_is_a_failure_not_a_result(provider_for):
     _, provider = provider_for({"m": AnthropicBehaviour(ttft=0.01, gap=0.002,
                                                         no_finish=True)}, retries=1)
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert (failure.error_kind, failure.stage, failure.exc_type) == (
         "transient", "stream", "IncompleteStream")
     assert "message_stop" in failure.message
@@ -354,7 +341,7 @@ def test_stream_without_message_stop_is_a_failure_not_a_result(provider_for):
 def test_stop_reason_without_message_stop_is_a_failure_too(provider_for):
     _, provider = provider_for({"m": AnthropicBehaviour(
         ttft=0.01, gap=0.002, options={"no_message_stop": True})}, retries=0)
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert (failure.error_kind, failure.exc_type) == ("transient", "IncompleteStream")
     assert "message_stop" in failure.message
 
@@ -362,7 +349,7 @@ def test_stop_reason_without_message_stop_is_a_failure_too(provider_for):
 def test_stall_before_headers_is_a_timeout(provider_for):
     _, provider = provider_for({"m": AnthropicBehaviour(options={"stall_before_headers": 5})},
                                read_timeout=0.5, retries=0)
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert (failure.error_kind, failure.stage, failure.exc_type) == (
         "timeout", "call", "APITimeoutError")
 
@@ -412,7 +399,7 @@ def test_one_warm_connection_per_slot_before_any_timer(provider_for):
     assert warmed["connections"] == 3
     assert warmed["calls"][WARM_MODEL_ID] >= 3
     with ThreadPoolExecutor(max_workers=3) as pool:
-        results = list(pool.map(lambda m: _result(provider.measure(m, PROFILE)), models))
+        results = list(pool.map(lambda m: result_of(provider.measure(m, PROFILE)), models))
     # Measured at once on the three warm connections: none opened inside a timer.
     assert sim.stats()["connections"] == 3
     for model_id, result in zip(models, results, strict=True):
@@ -443,7 +430,7 @@ def test_rows_pass_the_same_schema_as_bedrock_and_their_mode_must_fit_the_provid
         provider_for):
     _, provider = provider_for({"t": AnthropicBehaviour(ttft=0.01, gap=0.002,
                                                         reasoning_tokens=8, output_tokens=80)})
-    payload = _result(provider.measure("t", PROFILE)).to_payload()
+    payload = result_of(provider.measure("t", PROFILE)).to_payload()
     assert set(payload) <= set(contract.RESULT_FIELDS)
     assert (payload["provider"], payload["request_mode"]) == ("anthropic",
                                                               "anthropic_messages_stream")
@@ -462,7 +449,7 @@ def test_get_provider_builds_it_from_the_environment(anthropic_sim):
         assert (provider.concurrency, provider.call_timeout, provider.retries) == (2, 30, 1)
         provider.warm()
         assert sim.stats()["connections"] == 2
-        assert _result(provider.measure("m", PROFILE)).provider == "anthropic"
+        assert result_of(provider.measure("m", PROFILE)).provider == "anthropic"
     finally:
         provider.close()
 

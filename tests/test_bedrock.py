@@ -11,15 +11,14 @@ import pytest
 import bench_contract as contract
 from runner.bedrock import WARM_MODEL_ID, BedrockProvider
 from runner.provider import SetupError, get_provider
-from runner.records import Failure, Profile, Result
+from runner.records import Profile, Result
 from runner.simulator import ModelBehaviour, SimulatorConfig
+from tests.support.measuring import assert_close, failure_of, result_of
 from tests.support.mongo import free_port
 
 PROFILE = Profile(max_tokens=64)
 # Generous: the machine is shared, but a figure can never be earlier than the truth
 # by more than clock granularity, and the simulator adds ~2 ms.
-EARLY = 0.005
-LATE = 0.06
 
 
 @pytest.fixture
@@ -41,19 +40,7 @@ def provider_for(bedrock_sim):
         provider.close()
 
 
-def _result(outcome: Result | Failure) -> Result:
-    assert isinstance(outcome, Result), outcome
-    return outcome
 
-
-def _failure(outcome: Result | Failure) -> Failure:
-    assert isinstance(outcome, Failure), outcome
-    return outcome
-
-
-def _assert_close(measured: float | None, truth: float | None) -> None:
-    assert measured is not None and truth is not None
-    assert truth - EARLY <= measured <= truth + LATE, (measured, truth)
 
 
 def _assert_figures_match(result: Result, sim, model_id: str) -> None:
@@ -62,10 +49,10 @@ def _assert_figures_match(result: Result, sim, model_id: str) -> None:
     plan = sim.config.plan(model_id, PROFILE.max_tokens)
     late = sim.stats()["streams"][result.request_id]
     assert late["max"] < 0.5, "the simulator ran too late for a meaningful check"
-    _assert_close(result.time_to_first_token, plan.time_to_first_token + late["first_text"])
-    _assert_close(result.time_to_first_any_token,
+    assert_close(result.time_to_first_token, plan.time_to_first_token + late["first_text"])
+    assert_close(result.time_to_first_any_token,
                   plan.time_to_first_any_token + late["first_any"])
-    _assert_close(result.generate_time, plan.generate_time + late["end"])
+    assert_close(result.generate_time, plan.generate_time + late["end"])
     span = plan.deltas[-1].at - plan.deltas[0].at + late["last"] - late["first_any"]
     assert result.decode_tokens_per_second == pytest.approx(
         (plan.output_tokens - plan.deltas[0].tokens) / span, rel=0.15)
@@ -79,7 +66,7 @@ def test_decode_speed_leaves_out_every_token_of_the_first_delta(provider_for):
     # the first delta as "not decoded" would read 63 / 0.35 s = 180 tok/s.
     sim, provider = provider_for({"m": ModelBehaviour(ttft=0.1, gap=0.05, tokens_per_delta=8,
                                                       output_tokens=64)})
-    result = _result(provider.measure("m", PROFILE))
+    result = result_of(provider.measure("m", PROFILE))
     late = sim.stats()["streams"][result.request_id]
     span = 0.35 + late["last"] - late["first_any"]
     assert result.chunk_count == 8
@@ -91,7 +78,7 @@ def test_decode_speed_leaves_out_every_token_of_the_first_delta(provider_for):
 def test_first_model_is_measured_against_the_configured_delays(provider_for):
     sim, provider = provider_for({"m": ModelBehaviour(ttft=0.2, gap=0.03, tokens_per_delta=4,
                                                       output_tokens=40)})
-    result = _result(provider.measure("m", PROFILE))
+    result = result_of(provider.measure("m", PROFILE))
     _assert_figures_match(result, sim, "m")
     assert result.token_source == "provider_usage"
     assert result.chunk_count == 10
@@ -107,7 +94,7 @@ def test_first_model_is_measured_against_the_configured_delays(provider_for):
 def test_tokens_come_from_usage_when_a_delta_carries_several(provider_for):
     _, provider = provider_for({"m": ModelBehaviour(ttft=0.01, gap=0.005, tokens_per_delta=5,
                                                     output_tokens=40)})
-    result = _result(provider.measure("m", PROFILE))
+    result = result_of(provider.measure("m", PROFILE))
     assert (result.output_tokens, result.chunk_count) == (40, 8)
     assert result.token_source == "provider_usage"
 
@@ -115,21 +102,21 @@ def test_tokens_come_from_usage_when_a_delta_carries_several(provider_for):
 def test_chunk_count_is_the_fallback_when_usage_is_missing(provider_for):
     _, provider = provider_for({"m": ModelBehaviour(ttft=0.01, gap=0.005, tokens_per_delta=5,
                                                     output_tokens=40, send_usage=False)})
-    result = _result(provider.measure("m", PROFILE))
+    result = result_of(provider.measure("m", PROFILE))
     assert (result.output_tokens, result.token_source) == (8, "stream_chunks")
 
 
 def test_empty_first_delta_does_not_count_as_first_token(provider_for):
     sim, provider = provider_for({"m": ModelBehaviour(ttft=0.25, gap=0.01,
                                                       empty_first_delta=True)})
-    result = _result(provider.measure("m", PROFILE))
+    result = result_of(provider.measure("m", PROFILE))
     _assert_figures_match(result, sim, "m")
 
 
 def test_reasoning_model_reports_first_answer_token_apart_from_first_token(provider_for):
     sim, provider = provider_for({"r": ModelBehaviour(ttft=0.1, gap=0.02, tokens_per_delta=4,
                                                       reasoning_tokens=16, output_tokens=24)})
-    result = _result(provider.measure("r", PROFILE))
+    result = result_of(provider.measure("r", PROFILE))
     _assert_figures_match(result, sim, "r")
     # Four reasoning deltas and six text deltas; the signature-only delta is no token.
     assert result.chunk_count == 10
@@ -139,7 +126,7 @@ def test_reasoning_model_reports_first_answer_token_apart_from_first_token(provi
 def test_reasoning_model_that_spends_the_budget_thinking_is_budget_exhausted(provider_for):
     sim, provider = provider_for({"r": ModelBehaviour(ttft=0.01, gap=0.002, reasoning_tokens=80,
                                                       output_tokens=20)})
-    failure = _failure(provider.measure("r", PROFILE))
+    failure = failure_of(provider.measure("r", PROFILE))
     assert failure.error_kind == "budget_exhausted"
     assert failure.stage == "stream"
     assert failure.attempts == 1
@@ -158,7 +145,7 @@ def test_models_measured_concurrently_keep_their_own_timings(provider_for):
         results = dict(zip(models, pool.map(lambda m: provider.measure(m, PROFILE), models),
                            strict=True))
     for model_id, outcome in results.items():
-        _assert_figures_match(_result(outcome), sim, model_id)
+        _assert_figures_match(result_of(outcome), sim, model_id)
     # Every measured call went over a connection opened during warm-up.
     assert sim.stats()["connections"] == connections
 
@@ -167,7 +154,7 @@ def test_sequential_measurements_reuse_the_warm_connection(provider_for):
     sim, provider = provider_for({"m": ModelBehaviour(ttft=0.01, gap=0.002)})
     connections = sim.stats()["connections"]
     for _ in range(3):
-        _result(provider.measure("m", PROFILE))
+        result_of(provider.measure("m", PROFILE))
     assert sim.stats()["connections"] == connections
 
 
@@ -175,7 +162,7 @@ def test_throttling_before_the_stream_is_retried_then_recorded_as_throttled(prov
     delays: list[float] = []
     sim, provider = provider_for({"m": ModelBehaviour(error="throttle")}, retries=2,
                                  backoff=0.01, sleep=delays.append)
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert failure.error_kind == "throttled"
     assert (failure.stage, failure.http_status) == ("call", 429)
     assert failure.provider_error_code == "ThrottlingException"
@@ -188,7 +175,7 @@ def test_throttling_before_the_stream_is_retried_then_recorded_as_throttled(prov
 def test_throttled_attempt_is_counted_and_not_reported_as_a_slow_success(provider_for):
     sim, provider = provider_for({"m": ModelBehaviour(ttft=0.15, gap=0.01, error="throttle",
                                                       fail_first_calls=1)}, backoff=0.2)
-    result = _result(provider.measure("m", PROFILE))
+    result = result_of(provider.measure("m", PROFILE))
     assert result.attempts == 2 == sim.calls("m")
     _assert_figures_match(result, sim, "m")
     (earlier,) = result.misc["earlier_attempts"]
@@ -198,7 +185,7 @@ def test_throttled_attempt_is_counted_and_not_reported_as_a_slow_success(provide
 def test_mid_stream_throttle_is_recorded_as_throttled_in_the_stream_stage(provider_for):
     sim, provider = provider_for({"m": ModelBehaviour(
         ttft=0.01, gap=0.002, stream_error="throttlingException", error_after_deltas=3)})
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert (failure.error_kind, failure.stage) == ("throttled", "stream")
     assert failure.provider_error_code == "throttlingException"
     assert failure.exc_type == "EventStreamError"
@@ -210,7 +197,7 @@ def test_mid_stream_throttle_then_success_times_only_the_last_attempt(provider_f
     sim, provider = provider_for({"m": ModelBehaviour(
         ttft=0.1, gap=0.02, stream_error="throttlingException", error_after_deltas=10,
         fail_first_calls=1)})
-    result = _result(provider.measure("m", PROFILE))
+    result = result_of(provider.measure("m", PROFILE))
     assert result.attempts == 2
     _assert_figures_match(result, sim, "m")
 
@@ -221,17 +208,17 @@ def test_stalled_stream_is_a_timeout_and_the_next_model_is_measured(provider_for
         "fine": ModelBehaviour(ttft=0.05, gap=0.01),
     }, read_timeout=0.4, retries=1)
     started = time.perf_counter()
-    failure = _failure(provider.measure("stalls", PROFILE))
+    failure = failure_of(provider.measure("stalls", PROFILE))
     assert time.perf_counter() - started < 5
     assert (failure.error_kind, failure.stage, failure.attempts) == ("timeout", "stream", 2)
-    _assert_figures_match(_result(provider.measure("fine", PROFILE)), sim, "fine")
+    _assert_figures_match(result_of(provider.measure("fine", PROFILE)), sim, "fine")
 
 
 def test_stall_before_the_answer_is_a_timeout_in_the_call_stage(provider_for):
     _, provider = provider_for({"m": ModelBehaviour(stall_seconds=30,
                                                     stall_before_headers=True)},
                                read_timeout=0.3, retries=0)
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert (failure.error_kind, failure.stage, failure.attempts) == ("timeout", "call", 1)
 
 
@@ -239,7 +226,7 @@ def test_slow_stream_past_the_overall_cap_is_a_timeout(provider_for):
     _, provider = provider_for({"m": ModelBehaviour(ttft=0.01, gap=0.1, tokens_per_delta=1)},
                                call_timeout=0.5, retries=0)
     started = time.perf_counter()
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert time.perf_counter() - started < 1.5
     assert (failure.error_kind, failure.exc_type) == ("timeout", "CallDeadlineExceeded")
     assert "0.5 s" in failure.message
@@ -251,7 +238,7 @@ def test_overall_cap_covers_the_model_retries_included(provider_for):
     _, provider = provider_for({"m": ModelBehaviour(ttft=0.01, gap=0.1, tokens_per_delta=1)},
                                call_timeout=0.8, retries=2)
     started = time.perf_counter()
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert time.perf_counter() - started < 0.8 + 0.5
     assert failure.error_kind == "timeout"
     assert failure.attempts == 1
@@ -260,7 +247,7 @@ def test_overall_cap_covers_the_model_retries_included(provider_for):
 def test_corrupt_event_is_a_transient_failure(provider_for):
     _, provider = provider_for({"m": ModelBehaviour(ttft=0.01, gap=0.002,
                                                     corrupt_after_deltas=2)}, retries=0)
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert (failure.error_kind, failure.exc_type) == ("transient", "ChecksumMismatch")
 
 
@@ -277,14 +264,14 @@ def test_corrupt_event_is_a_transient_failure(provider_for):
 ])
 def test_errors_before_the_stream_are_classified(provider_for, error, kind, status, retried):
     sim, provider = provider_for({"m": ModelBehaviour(error=error)}, retries=1)
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert (failure.error_kind, failure.http_status, failure.stage) == (kind, status, "call")
     assert failure.attempts == sim.calls("m") == (2 if retried else 1)
 
 
 def test_on_demand_refusal_hints_at_the_inference_profile_id(provider_for):
     _, provider = provider_for()
-    failure = _failure(provider.measure("sim.profile-only-v1", PROFILE))
+    failure = failure_of(provider.measure("sim.profile-only-v1", PROFILE))
     assert failure.error_kind == "invalid_request"
     assert "us.sim.profile-only-v1" in failure.message
     assert "us.sim.profile-only-v1" in failure.misc["hint"]
@@ -295,8 +282,8 @@ def test_records_fit_the_contract(provider_for):
     _, provider = provider_for({"m": ModelBehaviour(ttft=0.01, gap=0.002, error="throttle",
                                                     fail_first_calls=1),
                                 "bad": ModelBehaviour(error="access_denied")})
-    result = _result(provider.measure("m", PROFILE)).to_payload()
-    failure = _failure(provider.measure("bad", PROFILE)).to_payload()
+    result = result_of(provider.measure("m", PROFILE)).to_payload()
+    failure = failure_of(provider.measure("bad", PROFILE)).to_payload()
     assert set(contract.RESULT_REQUIRED) <= set(result) <= set(contract.RESULT_FIELDS)
     assert set(contract.ERROR_REQUIRED) <= set(failure) <= set(contract.ERROR_FIELDS)
     assert len(json.dumps(result["misc"])) <= contract.MAX_MISC_BYTES
@@ -367,7 +354,7 @@ def test_warming_again_rewarms_the_pool_without_new_connections(provider_for):
     sim, provider = provider_for({"m": ModelBehaviour(ttft=0.01, gap=0.002)}, concurrency=2)
     warm_calls = sim.calls(WARM_MODEL_ID)
     provider.warm()
-    _result(provider.measure("m", PROFILE))
+    result_of(provider.measure("m", PROFILE))
     # Two overlapping warm-up calls (a busy machine may need another round) ...
     assert sim.calls(WARM_MODEL_ID) >= warm_calls + 2
     # ... over the two connections the first warm-up opened.
@@ -377,10 +364,10 @@ def test_warming_again_rewarms_the_pool_without_new_connections(provider_for):
 def test_idle_connection_is_rewarmed_before_the_timer(provider_for, monkeypatch):
     sim, provider = provider_for({"m": ModelBehaviour(ttft=0.05, gap=0.002)})
     warm_calls = sim.calls(WARM_MODEL_ID)
-    _result(provider.measure("m", PROFILE))
+    result_of(provider.measure("m", PROFILE))
     assert sim.calls(WARM_MODEL_ID) == warm_calls, sim.stats()
     monkeypatch.setattr("runner.bedrock.IDLE_REWARM_SECONDS", 0.0)
-    _assert_figures_match(_result(provider.measure("m", PROFILE)), sim, "m")
+    _assert_figures_match(result_of(provider.measure("m", PROFILE)), sim, "m")
     # At least one warm-up call; more only if a round left the pool short.
     assert sim.calls(WARM_MODEL_ID) > warm_calls, sim.stats()
 
@@ -405,7 +392,7 @@ def test_credentials_that_cannot_refresh_are_an_auth_failure_and_nothing_is_call
         metadata={"access_key": "testing", "secret_key": "testing", "token": "testing",
                   "expiry_time": "2000-01-01T00:00:00Z"},
         refresh_using=refresh, method="iam-role")
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert (failure.error_kind, failure.stage) == ("auth", "setup")
     assert failure.exc_type == "CredentialRetrievalError"
     assert "metadata unreachable" in failure.message
@@ -431,7 +418,7 @@ def test_schema_v2_fields_match_the_truth_for_deltas_of_varied_sizes(provider_fo
     model = ModelBehaviour(ttft=0.1, gap=0.01, delta_tokens=(1, 3, 2, 7, 4, 1, 5),
                            output_tokens=300)
     sim, provider = provider_for({"sim.varied": model})
-    result = _result(provider.measure("sim.varied", LONG))
+    result = result_of(provider.measure("sim.varied", LONG))
     plan = sim.config.plan("sim.varied", LONG.max_tokens)
     # The 64th visible token is not the 64th delta, nor in the 64th-token-th delta by usage.
     assert plan.visible_tokens_per_delta()[:7] != [1] * 7
@@ -451,7 +438,7 @@ def test_reasoning_deltas_are_counted_apart_and_never_advance_the_visible_clock(
     model = ModelBehaviour(ttft=0.1, gap=0.01, delta_tokens=(2, 5, 1, 3),
                            reasoning_tokens=90, output_tokens=150)
     sim, provider = provider_for({"us.sim.thinker": model})
-    result = _result(provider.measure("us.sim.thinker", LONG))
+    result = result_of(provider.measure("us.sim.thinker", LONG))
     plan = sim.config.plan("us.sim.thinker", LONG.max_tokens)
     # Usage counts reasoning too; visible and reasoning tokens are the text's cl100k_base count.
     assert result.generated_output_tokens == plan.output_tokens == 240
@@ -470,7 +457,7 @@ def test_fewer_than_64_visible_tokens_leave_time_to_64_null(provider_for):
     model = ModelBehaviour(ttft=0.1, gap=0.01, tokens_per_delta=4, reasoning_tokens=80,
                            output_tokens=40)
     sim, provider = provider_for({"us.sim.brief": model})
-    result = _result(provider.measure("us.sim.brief", LONG))
+    result = result_of(provider.measure("us.sim.brief", LONG))
     plan = sim.config.plan("us.sim.brief", LONG.max_tokens)
     assert plan.time_to_64_visible_tokens is None
     assert result.time_to_64_visible_tokens_seconds is None
@@ -483,7 +470,7 @@ def test_without_usage_visible_tokens_are_counted_from_the_text(provider_for):
     model = ModelBehaviour(ttft=0.1, gap=0.01, delta_tokens=(3, 1, 6), output_tokens=100,
                            send_usage=False)
     sim, provider = provider_for({"sim.quiet": model})
-    result = _result(provider.measure("sim.quiet", LONG))
+    result = result_of(provider.measure("sim.quiet", LONG))
     plan = sim.config.plan("sim.quiet", LONG.max_tokens)
     assert result.token_source == "stream_chunks"
     assert result.visible_output_tokens == plan.visible_output_tokens

@@ -18,13 +18,12 @@ from runner.openai_compat import OpenAICompatibleProvider
 from runner.openai_endpoints import resolve
 from runner.openai_simulator import OpenAISimulatorConfig
 from runner.provider import SetupError, get_provider
-from runner.records import Failure, Profile, Result
+from runner.records import Profile, Result
 from runner.sse_simulator import SSEBehaviour
+from tests.support.measuring import EARLY, assert_close, failure_of, result_of
 from tests.support.simulator import OPENAI_TEST_KEY
 
 PROFILE = Profile(max_tokens=64)
-EARLY = 0.005
-LATE = 0.06
 
 
 @pytest.fixture
@@ -46,31 +45,19 @@ def provider_for(openai_sim):
         provider.close()
 
 
-def _result(outcome: Result | Failure) -> Result:
-    assert isinstance(outcome, Result), outcome
-    return outcome
 
-
-def _failure(outcome: Result | Failure) -> Failure:
-    assert isinstance(outcome, Failure), outcome
-    return outcome
-
-
-def _assert_close(measured: float | None, truth: float | None) -> None:
-    assert measured is not None and truth is not None
-    assert truth - EARLY <= measured <= truth + LATE, (measured, truth)
 
 
 def test_figures_match_the_plan(provider_for):
     sim, provider = provider_for({"m": SSEBehaviour(ttft=0.2, gap=0.02, tokens_per_delta=1,
                                                     output_tokens=80)})
-    result = _result(provider.measure("m", PROFILE))
+    result = result_of(provider.measure("m", PROFILE))
     plan = sim.config.plan("m", PROFILE.max_tokens)
     late = sim.stats()["streams"][result.request_id]
     assert late["max"] < 0.5, "the simulator ran too late for a meaningful check"
-    _assert_close(result.time_to_first_token, plan.time_to_first_token + late["first_text"])
-    _assert_close(result.generate_time, plan.generate_time + late["end"])
-    _assert_close(result.time_to_64_visible_tokens_seconds,
+    assert_close(result.time_to_first_token, plan.time_to_first_token + late["first_text"])
+    assert_close(result.generate_time, plan.generate_time + late["end"])
+    assert_close(result.time_to_64_visible_tokens_seconds,
                   plan.time_to_64_visible_tokens + late["visible_64"])
     assert (result.output_tokens, result.visible_output_tokens) == (64, 64)
     assert result.stop_reason == "length"  # 80 tokens asked of a 64-token budget
@@ -83,7 +70,7 @@ def test_figures_match_the_plan(provider_for):
 def test_the_role_only_first_chunk_does_not_stop_the_ttft_clock(provider_for):
     # The role chunk leaves with the headers, 0.3 s before the first text.
     _, provider = provider_for({"m": SSEBehaviour(ttft=0.3, gap=0.01, output_tokens=8)})
-    result = _result(provider.measure("m", PROFILE))
+    result = result_of(provider.measure("m", PROFILE))
     assert result.time_to_first_token >= 0.3 - EARLY
     assert result.time_to_first_any_token >= 0.3 - EARLY
 
@@ -94,12 +81,12 @@ def test_reasoning_deltas_count_for_first_any_token_never_for_visible_tokens(pro
     sim, provider = provider_for({"m": SSEBehaviour(
         ttft=0.1, gap=0.02, tokens_per_delta=2, reasoning_tokens=20, output_tokens=30,
         options={"reasoning_field": field})})
-    result = _result(provider.measure("m", PROFILE))
+    result = result_of(provider.measure("m", PROFILE))
     plan = sim.config.plan("m", PROFILE.max_tokens)
     late = sim.stats()["streams"][result.request_id]
-    _assert_close(result.time_to_first_any_token,
+    assert_close(result.time_to_first_any_token,
                   plan.time_to_first_any_token + late["first_any"])
-    _assert_close(result.time_to_first_token, plan.time_to_first_token + late["first_text"])
+    assert_close(result.time_to_first_token, plan.time_to_first_token + late["first_text"])
     assert result.time_to_first_token - result.time_to_first_any_token >= 0.2 - EARLY
     assert result.visible_output_tokens == plan.visible_output_tokens == 30
     assert result.reasoning_tokens == plan.reasoning_tokens
@@ -109,7 +96,7 @@ def test_reasoning_deltas_count_for_first_any_token_never_for_visible_tokens(pro
 
 def test_a_reasoning_only_stream_cut_by_the_budget_is_budget_exhausted(provider_for):
     _, provider = provider_for({"m": SSEBehaviour(ttft=0.01, gap=0.001, reasoning_tokens=80)})
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert (failure.error_kind, failure.attempts) == ("budget_exhausted", 1)
 
 
@@ -118,10 +105,10 @@ def test_usage_comes_from_the_last_chunk_without_choices(provider_for):
         "usage": SSEBehaviour(ttft=0.01, gap=0.002, tokens_per_delta=4, output_tokens=40),
         "bare": SSEBehaviour(ttft=0.01, gap=0.002, tokens_per_delta=4, output_tokens=40,
                              send_usage=False)})
-    with_usage = _result(provider.measure("usage", PROFILE))
+    with_usage = result_of(provider.measure("usage", PROFILE))
     assert (with_usage.output_tokens, with_usage.chunk_count) == (40, 10)
     assert (with_usage.token_source, with_usage.input_tokens) == ("provider_usage", 18)
-    bare = _result(provider.measure("bare", PROFILE))
+    bare = result_of(provider.measure("bare", PROFILE))
     assert (bare.output_tokens, bare.token_source) == (10, "stream_chunks")
     assert bare.visible_output_tokens == 40  # counted with cl100k_base
 
@@ -129,7 +116,7 @@ def test_usage_comes_from_the_last_chunk_without_choices(provider_for):
 def test_a_stream_that_ends_without_a_finish_reason_is_a_failure(provider_for):
     _, provider = provider_for({"m": SSEBehaviour(ttft=0.01, gap=0.001, output_tokens=8,
                                                   no_finish=True)}, retries=1)
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert (failure.error_kind, failure.stage, failure.exc_type) == (
         "transient", "stream", "IncompleteStream")
     assert failure.attempts == 2
@@ -141,7 +128,7 @@ def test_429_with_retry_after_is_throttled_and_waits_at_least_that_long(provider
                                                   error="rate_limit", retry_after=0.4,
                                                   fail_first_calls=1)},
                                sleep=waits.append)
-    result = _result(provider.measure("m", PROFILE))
+    result = result_of(provider.measure("m", PROFILE))
     assert result.attempts == 2
     assert waits and waits[0] >= 0.4
     first = result.misc["earlier_attempts"][0]
@@ -160,7 +147,7 @@ def test_429_with_retry_after_is_throttled_and_waits_at_least_that_long(provider
 def test_errors_before_the_stream_are_classified_with_the_vendor_code(
         provider_for, error, kind, status, code, attempts):
     _, provider = provider_for({"m": SSEBehaviour(error=error)})
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert (failure.error_kind, failure.http_status, failure.provider_error_code) == (
         kind, status, code)
     assert (failure.stage, failure.attempts, failure.provider) == ("call", attempts, "openai")
@@ -169,7 +156,7 @@ def test_errors_before_the_stream_are_classified_with_the_vendor_code(
 
 def test_an_unknown_model_points_at_bench_runner_models(provider_for):
     _, provider = provider_for({})
-    failure = _failure(provider.measure("no-such-model", PROFILE))
+    failure = failure_of(provider.measure("no-such-model", PROFILE))
     assert failure.error_kind == "model_unavailable"
     assert "bench-runner models" in failure.message
 
@@ -178,7 +165,7 @@ def test_a_mid_stream_error_is_classified(provider_for):
     _, provider = provider_for({"m": SSEBehaviour(ttft=0.01, gap=0.001, output_tokens=20,
                                                   stream_error="server_error",
                                                   error_after_deltas=5)}, retries=0)
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     # openai raises a bare APIError for an error event: no status, the type in its body.
     assert (failure.error_kind, failure.stage, failure.exc_type) == (
         "transient", "stream", "APIError")
@@ -188,7 +175,7 @@ def test_a_mid_stream_error_is_classified(provider_for):
 def test_a_cut_connection_is_classified(provider_for):
     _, provider = provider_for({"m": SSEBehaviour(ttft=0.01, gap=0.001, output_tokens=20,
                                                   cut_after_deltas=5)}, retries=0)
-    failure = _failure(provider.measure("m", PROFILE))
+    failure = failure_of(provider.measure("m", PROFILE))
     assert (failure.error_kind, failure.stage, failure.exc_type) == (
         "transient", "stream", "APIConnectionError")
 
@@ -197,7 +184,7 @@ def test_openai_3_closes_the_connection_at_done_and_every_timed_call_gets_a_warm
         provider_for, openai_sim):
     sim, provider = provider_for({"m": SSEBehaviour(ttft=0.01, gap=0.001, output_tokens=8)})
     for _ in range(3):
-        _result(provider.measure("m", PROFILE))
+        result_of(provider.measure("m", PROFILE))
     stats = sim.stats()
     assert stats["cold_streams"] == 0, "a timed stream opened its own connection"
     # The client's own behaviour, without the runner's warm-up: each stream after the
@@ -253,7 +240,7 @@ def test_self_hosted_servers_need_a_base_url_and_a_stored_name_but_no_key(openai
     provider = get_provider("openai-compatible", region=None)
     try:
         provider.warm()
-        result = _result(provider.measure("m", PROFILE))
+        result = result_of(provider.measure("m", PROFILE))
     finally:
         provider.close()
     assert result.provider == "vllm"
@@ -296,7 +283,7 @@ def test_presets_store_the_dashboard_names_and_call_their_hosts():
 def test_rows_pass_the_same_schema_as_bedrock_and_their_mode_must_fit_the_provider(
         provider_for):
     _, provider = provider_for({"m": SSEBehaviour(ttft=0.01, gap=0.001, output_tokens=8)})
-    payload = _result(provider.measure("m", PROFILE)).to_payload()
+    payload = result_of(provider.measure("m", PROFILE)).to_payload()
     assert set(payload) <= set(contract.RESULT_FIELDS)
     ResultSchema().load(payload)
     from marshmallow import ValidationError
