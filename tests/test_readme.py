@@ -101,6 +101,26 @@ def _wait_group_gone(pgid: int, timeout: float) -> bool:
     return True
 
 
+def _still_running(pgid: int, scratch: Path) -> str:
+    """What a hung stop block left: each live process of the shell's group, what its
+    threads wait in, and the last lines of every log under the scratch directory."""
+    report = []
+    for proc in sorted(Path("/proc").glob("[0-9]*")):
+        try:
+            if os.getpgid(int(proc.name)) != pgid:
+                continue
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            waits = sorted({(task / "wchan").read_text() for task in (proc / "task").iterdir()})
+        except (OSError, ProcessLookupError):
+            continue
+        report.append(f"still running: {proc.name} {cmd.strip()} (threads wait in {waits})")
+    for log in sorted(scratch.rglob("*")):
+        if log.is_file() and log.suffix in (".log", ".out"):
+            tail = log.read_text(errors="replace").splitlines()[-15:]
+            report.append(f"--- last lines of {log.name}:\n" + "\n".join(tail))
+    return "\n".join(report)
+
+
 def test_the_by_hand_section_stores_results_and_the_run_exits_0(tmp_path):
     blocks = by_hand_blocks()
     assert len(blocks) >= 2, "the by-hand section needs its steps and a last block that stops"
@@ -143,7 +163,8 @@ def test_the_by_hand_section_stores_results_and_the_run_exits_0(tmp_path):
         shell.stdin.write(stop + "\nexit\n")
         shell.stdin.close()
         ended = _read_until(lines, seen, None, STOP_TIMEOUT)
-        assert ended, "".join(seen)
+        assert ended, "".join(seen) + "\nthe stop block did not end:\n" + _still_running(
+            pgid, tmp_path)
         assert shell.wait(timeout=STOP_TIMEOUT) == 0, "".join(seen)
         assert _wait_group_gone(pgid, STOP_TIMEOUT), "the stop block left a process running"
     finally:
