@@ -23,6 +23,11 @@ threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 # gets a worker killed: the app answers 503 first.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 10
+# No control socket (recent gunicorn releases open one by default, at one path in the home
+# directory shared by every gunicorn on the host, served by a thread of the master that
+# is stopped and started around every fork): nothing here uses it, and the app is
+# managed by signals (systemd, the Procfile's platform).
+control_socket_disable = True
 keepalive = 5
 # Requests are small; a huge header block is not a runner.
 limit_request_line = 8190

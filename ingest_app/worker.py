@@ -184,9 +184,18 @@ class BoundedThreadWorker(ThreadWorker):
         return super().handle(conn)
 
     def murder_pending(self) -> None:
-        """Also answer 408 to connections whose headers did not arrive in time."""
+        """Also answer 408 to connections whose headers did not arrive in time.
+
+        A stopping worker also closes the connections that have sent nothing yet, as
+        gthread closes its idle kept-alive ones: they hold no request, and waiting for
+        them kept every stop (a deploy, a restart) for the whole graceful timeout.
+        """
         super().murder_pending()
         now = time.monotonic()
+        for conn in [conn for conn in self.gathering if not self.alive and not conn.head]:
+            self._stop_gathering(conn)
+            self.nr_conns -= 1
+            conn.close()
         late = [conn for conn, deadline in self.gathering.items() if deadline <= now]
         for conn in late:
             self._stop_gathering(conn)

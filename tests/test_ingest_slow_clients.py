@@ -8,6 +8,7 @@ bench/slow_clients.py; these tests only check outcomes, with bounds that catch a
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import threading
 import time
@@ -129,3 +130,27 @@ def test_headers_dripped_past_the_request_timeout_get_a_408_in_the_json_shape(
     error = json.loads(rest.partition(b"\r\n\r\n")[2])["error"]
     assert error["code"] == "request_timeout"
     assert KEY.encode() not in answer
+
+
+def test_a_stopping_worker_does_not_wait_for_connections_that_sent_nothing(
+        mongo_uri, mongo_db_name):
+    # A connection opened and never used (a client's pool, a load balancer's probe) holds
+    # no request: a stop (a deploy, systemd's restart) closes it, as gthread closes an idle
+    # kept-alive one, instead of waiting out its request deadline (20 s) and then sending
+    # it a 408 for a request it never made. The graceful timeout is long here (120 s), so
+    # only the worker's own choice ends the wait.
+    with start_gunicorn(gunicorn_env(mongo_uri, mongo_db_name), workers=1,
+                        extra_args=("--graceful-timeout", "120")) as server:
+        socks = [connect(server.url) for _ in range(3)]
+        try:
+            with requests.get(f"{server.url}/health", timeout=5) as health:
+                assert health.status_code == 200  # the worker has taken them in by now
+            server.proc.send_signal(signal.SIGTERM)
+            server.proc.wait(timeout=60)  # only catches the wait: it takes about a second
+            assert all(answer_of(sock) == b"" for sock in socks)  # closed, no answer made up
+            log = server.log()
+        finally:
+            for sock in socks:
+                sock.close()
+    assert server.proc.returncode == 0, log[-2000:]
+    assert "Worker exiting" in log and "Shutting down: Master" in log, log[-2000:]
