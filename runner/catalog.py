@@ -1,8 +1,9 @@
 """The catalogue, home: read the provider's whole listing and POST it to /ingest/catalog.
 
-`bench-runner models --post` does it once; the daemon whenever the last success is
-older than BENCH_RUNNER_CATALOG_HOURS. A post that fails is reported and tried again
-at the next cycle; it never touches the outbox, so no measurement waits for it.
+`bench-runner models --post` does it once; the daemon, and `once` after its
+measurements, whenever the last success is older than BENCH_RUNNER_CATALOG_HOURS. A
+post that fails is reported and tried again at the next cycle or run; it never touches
+the outbox, so no measurement waits for it.
 """
 
 from __future__ import annotations

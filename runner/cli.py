@@ -410,7 +410,9 @@ def once(ctx: click.Context, as_json: bool, log_level: str, **opts: Any) -> None
     """Measure each model once, deliver every record, print a summary.
 
     The models are --models, else the server's worklist (GET /runner-config), else
-    BENCHMARK_MODELS; the first line on stderr says which.
+    BENCHMARK_MODELS; the first line on stderr says which. When the last catalogue
+    post is older than BENCH_RUNNER_CATALOG_HOURS (12), the run then posts the Bedrock
+    catalogue, as the daemon does; a failed post is one line and changes no exit code.
     """
     settings, outbox = _start(log_level, opts, need_models=_no_model_source(opts))
     from .worklist import WorklistRefused
@@ -433,10 +435,13 @@ def once(ctx: click.Context, as_json: bool, log_level: str, **opts: Any) -> None
 
     stop = _StopSignal()
     previous = _catch_stop_signals(stop)
+    posted = None
     try:
         with IngestClient(settings) as client:
             report = run_profiles(settings, provider, outbox, client, warm=False,
                                   on_outcome=show, stop=stop)
+            if stop.signum is None and not report.delivery.auth_refused:
+                posted = _catalogue_if_due(settings, provider, client)
     finally:
         provider.close()
         _restore_signals(previous)
@@ -456,10 +461,31 @@ def once(ctx: click.Context, as_json: bool, log_level: str, **opts: Any) -> None
         click.echo(_delivery_line(report))
     for problem in report.problems():
         click.echo(f"bench-runner: {problem}", err=True)
+    if posted is not None:
+        click.echo(f"bench-runner: {posted.describe()}", err=True)
     if interrupted:
         click.echo("bench-runner: interrupted (Ctrl-C): the models in flight were finished "
                    "and queued; run again to measure the rest", err=True)
     ctx.exit(int(code))
+
+
+def _catalogue_if_due(settings: cfg.Settings, provider: Any, client: Any) -> Any:
+    """A timer's run posts the catalogue as the daemon does, after its measurements.
+
+    Only a provider with a catalogue, and only when the last stored post is older than
+    BENCH_RUNNER_CATALOG_HOURS; a post that fails is one line, tried again at the next
+    run, and changes neither the exit code nor the outbox.
+    """
+    import logging
+
+    from . import catalog
+
+    if not hasattr(provider, "listing") or not catalog.due(settings, cfg.catalog_hours()):
+        return None
+    posted = catalog.post(settings, provider, client)
+    # To the log file; the terminal (and the journal) gets the caller's one line.
+    logging.getLogger("runner").info("%s", posted.describe())
+    return posted
 
 
 def _nothing_to_measure(ctx: click.Context, settings: cfg.Settings, outbox: Any, worklist: Any,

@@ -307,6 +307,6 @@ def _hours(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 def catalog_hours(environ: Mapping[str, str] | None = None) -> float:
-    """Hours between the daemon's catalogue posts (BENCH_RUNNER_CATALOG_HOURS; 0: never)."""
+    """Hours between the catalogue posts of `daemon` and `once` (0: never)."""
     return _hours(os.environ if environ is None else environ, ENV_CATALOG_HOURS,
                   DEFAULT_CATALOG_HOURS)

@@ -220,6 +220,47 @@ def test_once_exit_code_says_what_happened_to_delivery(env, sim, scripted_ingest
     assert message in result.stderr
 
 
+def test_a_timers_run_posts_the_catalogue_after_its_results_and_not_again_within_the_window(
+        env, sim, scripted_ingest):
+    # Under the systemd timer no daemon runs: the run itself keeps the server's catalogue.
+    first = run_cli(["once"], {**env, **sim.env})
+    assert first.returncode == ExitCode.OK, first.stderr
+    assert "catalogue posted" in first.stderr
+    assert len(scripted_ingest.catalogs) == 1
+    assert {"sim.a-v1", "us.sim.profile-only-v1"} <= {
+        m["model_id"] for m in scripted_ingest.catalogs[0]["models"]}
+    paths = [r.path for r in scripted_ingest.requests]
+    assert paths.index("/ingest/catalog") > paths.index("/ingest/batch")  # measured first
+    again = run_cli(["once"], {**env, **sim.env})
+    assert again.returncode == ExitCode.OK, again.stderr
+    assert "catalogue" not in again.stderr
+    assert len(scripted_ingest.catalogs) == 1
+    assert len(scripted_ingest.stored) == 2
+
+
+def test_a_timers_run_posts_no_catalogue_when_the_setting_says_never(env, sim, scripted_ingest):
+    result = run_cli(["once"], {**env, **sim.env, "BENCH_RUNNER_CATALOG_HOURS": "0"})
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert scripted_ingest.catalogs == [] and scripted_ingest.posts("/ingest/catalog") == []
+
+
+def test_a_failed_catalogue_post_is_one_line_and_leaves_the_runs_exit_code(env, sim,
+                                                                            scripted_ingest):
+    scripted_ingest.script("/ingest/catalog", *[Scripted(  # the client's own retries too
+        503, {"error": {"code": "database_unavailable", "message": "down"}})] * 10)
+    result = run_cli(["once"], {**env, **sim.env})
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert [line for line in result.stderr.splitlines() if "catalogue" in line] == [
+        line for line in result.stderr.splitlines() if line.startswith(
+            "bench-runner: catalogue not posted")], result.stderr
+    assert "catalogue not posted" in result.stderr and "503" in result.stderr
+    assert len(scripted_ingest.stored) == 1  # the result was delivered all the same
+    scripted_ingest.unscript()
+    retried = run_cli(["once"], {**env, **sim.env})  # not stored: the next run tries again
+    assert "catalogue posted" in retried.stderr
+    assert len(scripted_ingest.catalogs) == 1
+
+
 def test_once_with_the_api_down_exits_4_and_the_next_run_delivers(env, sim, scripted_ingest):
     down = {**env, **sim.env, "INGEST_API_URL": f"http://127.0.0.1:{free_port()}/ingest"}
     first = run_cli(["once"], down)
