@@ -197,8 +197,8 @@ def start_mongo(services: Services, workdir: Path) -> str:
     return uri
 
 
-def start_ingest(services: Services, mongo_uri: str, key: str) -> str:
-    """The ingest app under gunicorn with the repository's config; returns its base URL."""
+def ingest_env(mongo_uri: str, key: str) -> dict[str, str]:
+    """The ingest app's environment, for gunicorn and for its admin commands alike."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MONGODB_", "INGEST_", "GUNICORN_", "PROMETHEUS_", "WEB_"))}
     env.update(
@@ -207,8 +207,13 @@ def start_ingest(services: Services, mongo_uri: str, key: str) -> str:
         INGEST_API_KEYS=f"{RUNNER_NAME}:{key}",
         # The status page and read routes open without a key, on loopback only.
         INGEST_PUBLIC_READ="true",
-        GUNICORN_BIND="127.0.0.1:0", WEB_CONCURRENCY="2",
     )
+    return env
+
+
+def start_ingest(services: Services, mongo_uri: str, key: str) -> str:
+    """The ingest app under gunicorn with the repository's config; returns its base URL."""
+    env = {**ingest_env(mongo_uri, key), "GUNICORN_BIND": "127.0.0.1:0", "WEB_CONCURRENCY": "2"}
     proc, log = services.start(
         "gunicorn",
         [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"),
@@ -254,6 +259,33 @@ OTHER_PROVIDERS = (
 )
 SIMULATOR_LOGS = {"bedrock": "simulator.log",
                   **{o.protocol: f"simulator-{o.protocol}.log" for o in OTHER_PROVIDERS}}
+
+
+def display_name(model_id: str) -> str:
+    """A readable name for the dashboard: "us.sim.fast-v1" -> "Sim Fast V1 (US)"."""
+    prefix = next((p for p in GEO_PREFIXES if model_id.startswith(p)), "")
+    words = re.split(r"[.\-_:]+", model_id[len(prefix):])
+    name = " ".join(word.capitalize() for word in words if word)
+    return f"{name} ({prefix.strip('.').upper()})" if prefix else name
+
+
+def list_models(env: dict[str, str], models: list[tuple[str, str]]) -> None:
+    """List each (provider, model) in `models`, enabled, with the operator's admin command.
+
+    The dashboard files a model that `models` does not list as disabled, and its pages
+    take the name they show from there; a real deployment lists its models the same way.
+    """
+    print("\n== flask --app ingest_app models add MODEL --display-name NAME --provider P ==")
+    for provider, model in models:
+        run = subprocess.run(  # noqa: S603 - argv built here
+            [executable("flask"), "--app", "ingest_app", "models", "add", model,
+             "--display-name", display_name(model), "--provider", provider],
+            env=env, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            check=False, timeout=60)
+        said = (run.stdout.strip() or run.stderr.strip()).splitlines()
+        print(f"  {provider} {model}: {said[-1] if said else f'exit {run.returncode}'}")
+        if run.returncode != 0:
+            raise DemoError(f"listing {model} failed: {run.stderr.strip()[-300:]}")
 
 
 def simulated_models() -> tuple[list[str], set[str]]:
@@ -455,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
                 simulator_url = start_simulator(services)
                 print(f"simulator       {simulator_url}  (Bedrock runtime and control plane)")
 
+            list_models(ingest_env(mongo_uri, key), [("bedrock", m) for m in models] + (
+                [] if args.real_bedrock else [(o.provider, o.model) for o in OTHER_PROVIDERS]))
             print(f"\n== bench-runner once --models {','.join(models)} ==", flush=True)
             env = runner_env(ingest_url, key, state_dir, simulator_url, args.region)
             run = subprocess.run(  # noqa: S603 - argv built here

@@ -332,6 +332,13 @@ def test_demo_runs_the_whole_pipeline_and_exits_zero(tmp_path):
     assert counts and int(counts[1]) > 0 and int(counts[2]) > 0, out
     assert "sim.retired-v1: model_unavailable" in out
     assert "demo: OK" in out and "services stopped" in out
+    # Every model measured was listed first, enabled, so the dashboard does not file it as
+    # disabled: with the admin command, under the provider its records are stored with.
+    measured = re.search(r"== bench-runner once --models (\S+) ==", out)[1].split(",")
+    for provider, model in [("bedrock", m) for m in measured] + [
+            ("openai", "sim-chat-fast"), ("anthropic", "claude-sim-thinker")]:
+        assert re.search(rf"added {provider}/{re.escape(model)} \(.+\), enabled", out), out
+    assert "(Sim Profile Only V1 (US))" in out  # a profile's name tells it from the bare id
     # Everything it started is gone: the database's port no longer answers.
     mongo_port = int(out.split("mongodb://127.0.0.1:", 1)[1].split("/", 1)[0])
     with pytest.raises(OSError):
