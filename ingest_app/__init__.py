@@ -12,7 +12,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from . import admin, api, auth, db, errors, limiter, metrics, read, steer
 
     app = Flask(__name__)
-    app.extensions[EXTENSION] = settings if settings is not None else Settings.from_env()
+    app.extensions[EXTENSION] = settings if settings is not None else _settings_from_env()
     # Bodies are read and limited by the app itself (jsonbody); JSON answers keep their order.
     app.json.sort_keys = False
     db.init_app(app)
@@ -26,3 +26,22 @@ def create_app(settings: Settings | None = None) -> Flask:
     read.init_app(app)
     admin.init_app(app)
     return app
+
+
+def _settings_from_env() -> Settings:
+    """The environment's settings; from a command line (`flask --app ingest_app models ...`,
+    `ensure-indexes`), a bad environment is one line and exit 2, not a traceback."""
+    import click
+
+    from .settings import SettingsError
+
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        if click.get_current_context(silent=True) is None:
+            raise  # gunicorn: the worker's boot error names it
+        problem = click.ClickException(
+            f"{exc}; the admin commands read the app's own environment (the ingest host's "
+            "ingest.env; docs/configuration.md)")
+        problem.exit_code = 2
+        raise problem from None

@@ -205,7 +205,8 @@ def _parse_keys(
         # Only the entry's position and name are ever reported: never any part of a key.
         where = f"entry {n}" + (f" ({name!r})" if _NAME.match(name) else "")
         if not sep:
-            bad.append(f"{where} is not name:key")
+            # Without a ':' the entry may be a key alone (its name forgotten): never shown.
+            bad.append(f"entry {n} is not name:key")
         elif not _NAME.match(name):
             bad.append(f"entry {n} has a bad name (letters, digits, '.', '_', '-'; at most 64)")
         elif len(key) < MIN_KEY_CHARS:

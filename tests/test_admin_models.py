@@ -155,6 +155,23 @@ def test_help_teaches_the_commands_through_the_real_flask_command(mongo_uri, mon
         assert word in out.stdout
 
 
+@pytest.mark.parametrize("command", [["models", "list"], ["ensure-indexes"]])
+def test_an_admin_command_without_the_apps_environment_is_one_line_and_exit_2(command):
+    secret = "Zq3v_Xb8-k2LmN4pQ7rS9tU1wY5aC6dE8fG0hJ2kL4m"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGODB_", "INGEST_"))}
+    env["INGEST_API_KEYS"] = secret  # its name forgotten, and MONGODB_URI not set
+    out = subprocess.run([sys.executable, "-m", "flask", "--app", "ingest_app", *command],
+                         capture_output=True, text=True, env=env, cwd=REPO, check=False,
+                         timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and out.stdout == ""
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("Error: invalid ingest settings: MONGODB_URI is missing")
+    assert "INGEST_API_KEYS: entry 1 is not name:key" in out.stderr
+    assert "docs/configuration.md" in out.stderr
+    assert secret not in out.stderr
+
+
 # --- request settings and runners (models configure, add) ------------------------------
 
 THINKING = '{"thinking": {"type": "enabled", "budget_tokens": 1024}}'

@@ -56,6 +56,15 @@ def test_settings_never_echo_a_key_that_is_too_short():
     assert "'ops'" in str(caught.value)
 
 
+def test_settings_never_echo_a_key_whose_name_was_forgotten():
+    # "key" where "name:key" was meant: the entry is the secret itself.
+    secret = "Zq3v_Xb8-k2LmN4pQ7rS9tU1wY5aC6dE8fG0hJ2kL4m"
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({**GOOD_ENV, "INGEST_API_KEYS": f"ops:{'k' * 40},{secret}"})
+    assert secret not in str(caught.value)
+    assert "entry 2 is not name:key" in str(caught.value)
+
+
 def test_settings_refuse_a_missing_key_list():
     with pytest.raises(SettingsError, match="INGEST_API_KEYS is missing"):
         Settings.from_env({"MONGODB_URI": "mongodb://db.example/"})
