@@ -132,9 +132,16 @@ class Services:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
         for what, proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
+            # nx-27017 can miss a SIGTERM (one that lands in a finalizer is swallowed):
+            # it is sent again each second, which a server already stopping ignores.
+            for _ in range(10):
+                try:
+                    proc.wait(timeout=1)
+                    break
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGTERM)
+            else:
                 print(f"  {what} did not stop on SIGTERM; killing it")
             # Whatever is left in the group (gunicorn workers of a killed master).
             with contextlib.suppress(ProcessLookupError, PermissionError):
