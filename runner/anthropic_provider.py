@@ -45,8 +45,8 @@ from .measuring import (
     AttemptFailed,
     Stream,
     backoff_delay,
+    failure_record,
     judge,
-    misc,
     read_stream,
     summary,
 )
@@ -262,7 +262,10 @@ class AnthropicProvider:
             if not c.retryable or attempt > self.retries or out_of_time:
                 log.warning("anthropic %s failed: kind=%s code=%s attempts=%d", model_id, c.kind,
                             c.code or c.exc_type, attempt)
-                return self._failure(model_id, profile, outcome, first_ts, calls, earlier)
+                return failure_record(
+                    outcome, provider=PROVIDER, model_id=model_id, profile=profile,
+                    region=self.region, first_ts=first_ts, attempts=calls, earlier=earlier,
+                    retry_after_seconds=_retry_after(c))
             log.warning("anthropic %s attempt %d %s (%s); retrying in %.2f s", model_id, attempt,
                         c.kind, c.code or c.exc_type, delay)
             earlier.append(_summary(outcome, attempt))
@@ -337,18 +340,6 @@ class AnthropicProvider:
                      output_key="output_tokens", input_key="input_tokens",
                      region=self.region, request_mode=REQUEST_MODE,
                      reasoning_effort=reasoning_effort)
-
-    def _failure(self, model_id: str, profile: Profile, failed: AttemptFailed,
-                 first_ts: datetime, attempts: int, earlier: list[dict[str, Any]]) -> Failure:
-        c = failed.classification
-        return Failure(
-            provider=PROVIDER, model_name=model_id, ts=first_ts, stage=failed.stage,
-            error_kind=c.kind, message=c.message, region=self.region,
-            benchmark_profile_id=profile.profile_id, exc_type=c.exc_type,
-            provider_error_code=c.code, http_status=c.http_status,
-            request_id=failed.request_id, attempts=attempts,
-            misc=misc(earlier, hint=c.hint, retry_after_seconds=_retry_after(c)),
-        )
 
     # Catalogue
 

@@ -28,8 +28,8 @@ from .measuring import (
     AttemptFailed,
     Stream,
     backoff_delay,
+    failure_record,
     judge,
-    misc,
     read_stream,
     summary,
 )
@@ -310,7 +310,10 @@ class BedrockProvider:
             if not c.retryable or attempt > self.retries or out_of_time:
                 log.warning("bedrock %s failed: kind=%s code=%s attempts=%d", model_id, c.kind,
                             c.code or c.exc_type, attempt)
-                return self._failure(ask, outcome, first_ts, calls, earlier)
+                return failure_record(
+                    outcome, provider=PROVIDER, model_id=ask.model_id, profile=ask.profile,
+                    region=ask.client.region, first_ts=first_ts, attempts=calls,
+                    earlier=earlier)
             log.warning("bedrock %s attempt %d %s (%s); retrying in %.2f s", model_id, attempt,
                         c.kind, c.code or c.exc_type, delay)
             earlier.append(summary(outcome, attempt))
@@ -367,17 +370,6 @@ class BedrockProvider:
                      missing="messageStop", length_stop="max_tokens",
                      output_key="outputTokens", input_key="inputTokens",
                      region=ask.client.region, reasoning_effort=ask.request.reasoning_effort)
-
-    def _failure(self, ask: _Ask, failed: AttemptFailed, first_ts: datetime, attempts: int,
-                 earlier: list[dict[str, Any]]) -> Failure:
-        c = failed.classification
-        return Failure(
-            provider=PROVIDER, model_name=ask.model_id, ts=first_ts, stage=failed.stage,
-            error_kind=c.kind, message=c.message, region=ask.client.region,
-            benchmark_profile_id=ask.profile.profile_id, exc_type=c.exc_type,
-            provider_error_code=c.code, http_status=c.http_status,
-            request_id=failed.request_id, attempts=attempts, misc=misc(earlier, hint=c.hint),
-        )
 
     def _backoff_delay(self, attempt: int, kind: str) -> float:
         """Exponential backoff with jitter; throttling waits twice as long."""

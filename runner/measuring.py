@@ -17,7 +17,7 @@ from typing import Any
 import bench_contract as contract
 
 from .failures import CallDeadlineExceeded, Classification
-from .records import Profile, Result
+from .records import Failure, Profile, Result
 from .visible_tokens import VisibleTokenClock
 
 EARLIER_MESSAGE_CHARS = 300
@@ -130,6 +130,22 @@ def misc(earlier: list[dict[str, Any]], **notes: Any) -> dict[str, Any] | None:
     if earlier:
         out["earlier_attempts"] = earlier
     return out or None
+
+
+def failure_record(failed: AttemptFailed, *, provider: str, model_id: str, profile: Profile,
+                   region: str | None, first_ts: datetime, attempts: int,
+                   earlier: list[dict[str, Any]], **notes: Any) -> Failure:
+    """The record of a model whose last attempt failed: its classification and stage, the
+    first attempt's time, every call counted, the earlier attempts and `notes` in misc."""
+    c = failed.classification
+    return Failure(
+        provider=provider, model_name=model_id, ts=first_ts, stage=failed.stage,
+        error_kind=c.kind, message=c.message, region=region,
+        benchmark_profile_id=profile.profile_id, exc_type=c.exc_type,
+        provider_error_code=c.code, http_status=c.http_status,
+        request_id=failed.request_id, attempts=attempts,
+        misc=misc(earlier, hint=c.hint, **notes),
+    )
 
 
 def summary(failed: AttemptFailed, attempt: int) -> dict[str, Any]:

@@ -35,8 +35,8 @@ from .measuring import (
     AttemptFailed,
     Stream,
     backoff_delay,
+    failure_record,
     judge,
-    misc,
     read_stream,
     summary,
 )
@@ -221,7 +221,9 @@ class OpenAICompatibleProvider:
             if not c.retryable or attempt > self.retries or out_of_time:
                 log.warning("%s %s failed: kind=%s code=%s attempts=%d", self.name, model_id,
                             c.kind, c.code or c.exc_type, attempt)
-                return self._failure(model_id, profile, outcome, first_ts, calls, earlier)
+                return failure_record(
+                    outcome, provider=self.name, model_id=model_id, profile=profile,
+                    region=None, first_ts=first_ts, attempts=calls, earlier=earlier)
             log.warning("%s %s attempt %d %s (%s); retrying in %.2f s", self.name, model_id,
                         attempt, c.kind, c.code or c.exc_type, delay)
             earlier.append(summary(outcome, attempt))
@@ -278,16 +280,6 @@ class OpenAICompatibleProvider:
                      output_key="completion_tokens", input_key="prompt_tokens",
                      hidden_reasoning=hidden > 0, notes={"usage_reasoning_tokens": hidden},
                      request_mode=contract.OPENAI_CHAT_MODE)
-
-    def _failure(self, model_id: str, profile: Profile, failed: AttemptFailed,
-                 first_ts: datetime, attempts: int, earlier: list[dict[str, Any]]) -> Failure:
-        c = failed.classification
-        return Failure(
-            provider=self.name, model_name=model_id, ts=first_ts, stage=failed.stage,
-            error_kind=c.kind, message=c.message, benchmark_profile_id=profile.profile_id,
-            exc_type=c.exc_type, provider_error_code=c.code, http_status=c.http_status,
-            request_id=failed.request_id, attempts=attempts, misc=misc(earlier, hint=c.hint),
-        )
 
     # Catalogue
 

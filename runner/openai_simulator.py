@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .simulator import Delta, StreamPlan
-from .sse_simulator import SSEBehaviour, SSEConfig, SSEHandler, SSEServer, StreamCut, serve
+from .simulator import Delta, StreamPlan, serve
+from .sse_simulator import SSEBehaviour, SSEConfig, SSEHandler, SSEServer, StreamCut
 
 log = logging.getLogger(__name__)
 

@@ -774,23 +774,29 @@ def _usage(plan: StreamPlan) -> dict[str, int]:
 
 def run(host: str, port: int, config_path: Path | None,
         on_listening: Callable[[str], None] | None = None) -> None:
-    """Serve until SIGINT or SIGTERM, logging one line with the endpoint URL.
+    """Serve the Bedrock simulator until SIGINT or SIGTERM (see `serve`)."""
+    config = SimulatorConfig.from_file(config_path) if config_path else SimulatorConfig.default()
+    serve(SimulatorServer((host, port), config), "Bedrock", on_listening)
+
+
+def serve(server: Any, what: str,
+          on_listening: Callable[[str], None] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, logging one line with the endpoint URL (every simulator).
 
     `on_listening` gets the URL once the socket is bound, so with port 0 it is the
     port the kernel picked, not 0.
     """
-    config = SimulatorConfig.from_file(config_path) if config_path else SimulatorConfig.default()
-    server = SimulatorServer((host, port), config)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
-    thread = threading.Thread(target=server.serve_forever, name="bedrock-simulator", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, name=f"{what.lower()}-simulator",
+                              daemon=True)
     thread.start()
-    bound_host, bound_port = server.server_address[:2]
-    log.info("Bedrock simulator listening on http://%s:%s (models: %s)",
-             bound_host, bound_port, ", ".join(config.models))
+    host, port = server.server_address[:2]
+    log.info("%s simulator listening on http://%s:%s (models: %s)", what, host, port,
+             ", ".join(server.config.models))
     if on_listening is not None:
-        on_listening(f"http://{bound_host}:{bound_port}")
+        on_listening(f"http://{host}:{port}")
     try:
         while not stop.wait(0.5):
             pass
@@ -800,7 +806,7 @@ def run(host: str, port: int, config_path: Path | None,
         thread.join(timeout=5)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        log.info("Bedrock simulator stopped")
+        log.info("%s simulator stopped", what)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import signal
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -325,29 +324,3 @@ class SSEHandler(BaseHTTPRequestHandler):
         delay = target - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-
-
-def serve(server: SSEServer, what: str,
-          on_listening: Callable[[str], None] | None = None) -> None:
-    """Serve until SIGINT or SIGTERM; `on_listening` gets the bound URL (port 0 resolved)."""
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    thread = threading.Thread(target=server.serve_forever, name=f"{what}-simulator",
-                              daemon=True)
-    thread.start()
-    host, port = server.server_address[:2]
-    log.info("%s simulator listening on http://%s:%s (models: %s)", what, host, port,
-             ", ".join(server.config.models))
-    if on_listening is not None:
-        on_listening(f"http://{host}:{port}")
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        log.info("%s simulator stopped", what)
